@@ -67,7 +67,7 @@ _LIST_HEADERS = frozenset(
 )
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
-_STATUS_LINE_RE = re.compile(r"^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$")
+_STATUS_LINE_RE = re.compile(r"^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$", re.ASCII)
 
 REASON_PHRASES: dict[int, str] = {
     100: "Trying",
@@ -107,6 +107,11 @@ REASON_PHRASES: dict[int, str] = {
     600: "Busy Everywhere",
     603: "Decline",
 }
+
+
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts '²', which ``int()`` then rejects."""
+    return text.isascii() and text.isdigit()
 
 
 def reason_phrase(status: int) -> str:
@@ -198,6 +203,8 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
             out.append(text[start:i])
             start = i + 1
         i += 1
+    if in_quote:
+        raise MalformedMessage(f"unterminated quoted string in {text[:64]!r}")
     out.append(text[start:])
     return out
 
@@ -242,6 +249,8 @@ def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
             raise MalformedMessage(f"unterminated IPv6 reference in {what}")
         host = text[: end + 1]
         rest = text[end + 1 :]
+        if end < 2 or any(c not in "0123456789abcdefABCDEF:." for c in host[1:-1]):
+            raise MalformedMessage(f"bad host in {what}")
         if not rest:
             return host, None
         if not rest.startswith(":"):
@@ -251,11 +260,11 @@ def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
         host, colon, port_text = text.partition(":")
         if not colon:
             port_text = ""
-        if not host or any(c in host for c in ' \t"<>'):
+        if not host or any(c in '"<>' or c.isspace() for c in host):
             raise MalformedMessage(f"bad host in {what}")
     if port_text == "":
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    if not _is_digits(port_text) or len(port_text) > 5 or not 0 < int(port_text) <= 65535:
         raise MalformedMessage(f"bad port in {what}")
     return host, int(port_text)
 
@@ -285,6 +294,8 @@ class SipUri:
         scheme, colon, rest = text.partition(":")
         if not colon or scheme.lower() not in ("sip", "sips", "tel"):
             raise MalformedMessage(f"not a SIP URI: {text[:64]!r}")
+        if "<" in rest or ">" in rest:
+            raise MalformedMessage(f"bad character in URI: {text[:64]!r}")
         rest, _, headers = rest.partition("?")
         user: str | None = None
         if "@" in rest:
@@ -330,7 +341,7 @@ class NameAddr:
                 raise MalformedMessage(f"unterminated <URI> in {text[:64]!r}")
             display = text[:lt].strip()
             if display.startswith('"') and display.endswith('"') and len(display) >= 2:
-                display = display[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+                display = re.sub(r"\\(.)", r"\1", display[1:-1], flags=re.DOTALL)
             uri = SipUri.parse(text[lt + 1 : gt])
             params = _split_params(text[gt + 1 :])
             return cls(uri=uri, display=display or None, params=params)
@@ -354,7 +365,8 @@ class NameAddr:
     def __str__(self) -> str:
         if self.wildcard:
             return "*"
-        display = f'"{self.display}" ' if self.display else ""
+        escaped = self.display.replace("\\", "\\\\").replace('"', '\\"') if self.display else ""
+        display = f'"{escaped}" ' if self.display else ""
         return f"{display}<{self.uri}>{_format_params(self.params)}"
 
 
@@ -412,7 +424,7 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = self.param("rport")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and _is_digits(value) and len(value) <= 5 else None
 
     @property
     def wants_rport(self) -> bool:
@@ -449,7 +461,7 @@ class CSeq:
     def parse(cls, text: str) -> CSeq:
         num, _, method = text.strip().partition(" ")
         method = method.strip()
-        if not num.isdigit() or len(num) > 10 or not method or not _TOKEN_RE.match(method):
+        if not _is_digits(num) or len(num) > 10 or not method or not _TOKEN_RE.match(method):
             raise MalformedMessage(f"bad CSeq: {text[:64]!r}")
         number = int(num)
         if number >= 2**31:
@@ -587,7 +599,7 @@ class _MessageMixin:
         if value is None:
             return None
         value = value.strip()
-        if not value.isdigit() or len(value) > 10:
+        if not _is_digits(value) or len(value) > 10:
             raise MalformedMessage(f"bad Expires: {value[:32]!r}")
         return int(value)
 
@@ -668,13 +680,13 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
             if not headers:
                 raise MalformedMessage("continuation line before any header")
             name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}")
+            headers[-1] = (name, f"{value} {line.strip()}".strip(" \t\r"))
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         if not colon or not name or not _TOKEN_RE.match(name):
             raise MalformedMessage(f"bad header line: {line[:64]!r}")
-        headers.append((name, value.strip(" \t")))
+        headers.append((name, value.strip(" \t\r")))
     return start_line, headers
 
 
@@ -708,6 +720,8 @@ def _build(start_line: str, pairs: list[tuple[str, str]], body: bytes) -> SipMes
     # Parse the headers every layer relies on, so a broken one fails here, not deep in a state machine.
     cseq = msg.cseq
     msg.top_via  # noqa: B018 (validation)
+    msg.from_  # noqa: B018 (validation)
+    msg.to  # noqa: B018 (validation)
     if not msg.call_id:
         raise MalformedMessage("missing Call-ID header")
     if isinstance(msg, SipRequest) and cseq.method != msg.method.upper():
@@ -719,7 +733,7 @@ def _content_length(pairs: list[tuple[str, str]]) -> int | None:
     for name, value in pairs:
         if header_key(name) == "content-length":
             value = value.strip()
-            if not value.isdigit() or len(value) > 9:
+            if not _is_digits(value) or len(value) > 9:
                 raise MalformedMessage(f"bad Content-Length: {value[:32]!r}")
             return int(value)
     return None
@@ -773,60 +787,89 @@ class StreamParser:
         self._buf = bytearray()
         self._broken: str | None = None
         self.pings = 0
+        self._scanned = 0  # bytes of the pending header block already searched for its end
+        self._head: tuple[str, list[tuple[str, str]], int, int] | None = None  # parsed, awaiting body
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[SipMessage]:
+        """Buffer ``data`` and return every complete, parsed message.
+
+        Any error, including a well-framed message that fails validation, leaves the parser refusing
+        further input (``feed_frames`` keeps the stream usable instead).
+        """
+        frames = self._frames(data)
+        try:
+            return [_build(start, pairs, body) for start, pairs, body, _raw in frames]
+        except MalformedMessage as exc:
+            self._broken = exc.reason
+            self._buf.clear()
+            raise
+
+    def feed_frames(self, data: bytes) -> list[bytes]:
+        """Buffer ``data`` and return every complete message as raw bytes, framed but not validated.
+
+        Adapters use this so that a message with a bad header (but sound framing) can be answered 400
+        by the same code path as a datagram, without losing the stream.
+        """
+        return [frame[3] for frame in self._frames(data)]
+
+    def _frames(self, data: bytes) -> list[tuple[str, list[tuple[str, str]], bytes, bytes]]:
         if self._broken is not None:
             raise MalformedMessage(f"stream unusable after error: {self._broken}")
         self._buf += data
-        out: list[SipMessage] = []
+        out: list[tuple[str, list[tuple[str, str]], bytes, bytes]] = []
         try:
             while True:
-                msg = self._next()
-                if msg is None:
+                frame = self._next()
+                if frame is None:
                     break
-                out.append(msg)
+                out.append(frame)
         except (MalformedMessage, MessageTooLarge) as exc:
             self._broken = exc.reason
             self._buf.clear()
             raise
         return out
 
-    def _next(self) -> SipMessage | None:
+    def _next(self) -> tuple[str, list[tuple[str, str]], bytes, bytes] | None:
         buf = self._buf
-        # Skip keepalive CRLFs between messages.
-        skip = 0
-        while skip < len(buf) and buf[skip] in (0x0D, 0x0A):
-            skip += 1
-        if skip:
-            if buf.startswith(b"\r\n\r\n"):
-                self.pings += 1
-            if skip == len(buf) and skip == 2:
-                # a lone CRLF may be the start of a ping: keep it until more arrives
+        if self._head is None:
+            # Skip keepalive CRLFs between messages, counting each double-CRLF ping.
+            while buf and buf[0] in (0x0D, 0x0A):
+                if buf.startswith(b"\r\n\r\n"):
+                    self.pings += 1
+                    del buf[:4]
+                elif len(buf) < 4 and b"\r\n\r\n".startswith(buf):
+                    return None  # may be the start of a ping: keep it until more arrives
+                else:
+                    del buf[:1]
+            if not buf:
                 return None
-            del buf[:skip]
-        if not buf:
-            return None
-        end, sep_len = _find_head_end(buf)
-        if end < 0:
-            if len(buf) > self.max_size:
-                raise MessageTooLarge(f"header block exceeds {self.max_size} bytes")
-            return None
-        start_line, pairs = _parse_head(bytes(buf[:end]))
-        length = _content_length(pairs)
-        if length is None:
-            length = 0  # RFC 3261 §18.3 requires it on streams; treat absent as empty body
-        total = end + sep_len + length
-        if total > self.max_size:
-            raise MessageTooLarge(f"message of {total} bytes exceeds {self.max_size}")
+            # Resume where the last search stopped (the blank line may straddle it), not at 0.
+            end, sep_len = _find_head_end(buf, max(0, self._scanned - 3))
+            if end < 0:
+                self._scanned = len(buf)
+                if len(buf) > self.max_size:
+                    raise MessageTooLarge(f"header block exceeds {self.max_size} bytes")
+                return None
+            start_line, pairs = _parse_head(bytes(buf[:end]))
+            length = _content_length(pairs)
+            if length is None:
+                length = 0  # RFC 3261 §18.3 requires it on streams; treat absent as empty body
+            total = end + sep_len + length
+            if total > self.max_size:
+                raise MessageTooLarge(f"message of {total} bytes exceeds {self.max_size}")
+            self._head = (start_line, pairs, end + sep_len, total)
+        start_line, pairs, body_start, total = self._head
         if len(buf) < total:
             return None
-        body = bytes(buf[end + sep_len : total])
+        self._head = None
+        self._scanned = 0
+        raw = bytes(buf[:total])
         del buf[:total]
-        return _build(start_line, pairs, body)
+        return start_line, pairs, raw[body_start:], raw
 
 
 # --------------------------------------------------------------------------------------------------------

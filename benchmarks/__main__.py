@@ -1,0 +1,18 @@
+"""Run every benchmark: ``.venv/bin/python -m benchmarks [--quick]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import sip_bench
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    args = parser.parse_args()
+    sip_bench.main(quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()

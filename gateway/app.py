@@ -1,0 +1,93 @@
+"""The gateway as one object: builds the components, starts them in order and stops them in reverse.
+
+``gateway.main`` owns the process (config file, logging, signals, the event loop); :class:`Gateway` owns what
+runs inside it. Every long-lived part (SIP server, device registry, RTP ingest, RTSP, HTTP, simulators) is a
+*component* with ``async start()`` and ``async stop()``, listed in :meth:`Gateway._components` in start order.
+``start()`` starts them one by one; if one fails, those already started are stopped (reverse order) and the error
+propagates. ``stop()`` stops started components in reverse order, logs and survives a failing ``stop()``, and may
+be called more than once. The deadline on ``stop()`` (``daemon.graceful_timeout``) is enforced by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+
+from . import __version__
+from .config import Config
+from .sip_router import SipRouter
+from .sip_transport import SipServer
+
+__all__ = ["Component", "Gateway"]
+
+log = structlog.get_logger("gateway.app")
+
+
+class Component(Protocol):
+    """A long-lived part of the gateway."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Gateway:
+    """The running gateway: ``await start()``, then ``await stop()`` (under the caller's deadline)."""
+
+    def __init__(self, config: Config, *, demo: bool = False) -> None:
+        self.config = config
+        self.demo = demo
+        self._started: list[tuple[str, Component]] = []
+        self._ready = False
+        self.router = SipRouter(max_body_size=config.sip.max_message_size)
+        self.sip: SipServer | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once every component has started, until ``stop()`` begins (for ``/readyz`` and READY=1)."""
+        return self._ready
+
+    def _components(self) -> list[tuple[str, Component]]:
+        """Every component, in start order; they stop in reverse.
+
+        Planned order: SIP server, device registry, stream manager and RTP ingest, RTSP, HTTP API, and in demo
+        mode the simulators last (they register to the SIP server, so it must be up first).
+        """
+        self.sip = SipServer(self.config.sip, self.router)
+        components: list[tuple[str, Component]] = [("sip", self.sip)]
+        return components
+
+    async def start(self) -> None:
+        """Start every component in order; on failure stop those already started and re-raise."""
+        for name, component in self._components():
+            log.debug("component starting", component=name)
+            try:
+                await component.start()
+            except BaseException:
+                log.error("component failed to start", component=name)
+                await self.stop()
+                raise
+            self._started.append((name, component))
+        if self.demo:
+            log.warning("demo mode has no simulators yet")
+        self._ready = True
+        log.info(
+            "gateway started",
+            version=__version__,
+            demo=self.demo,
+            components=[name for name, _ in self._started],
+            config=self.config.summary(),
+        )
+
+    async def stop(self) -> None:
+        """Stop started components in reverse order. A failing ``stop()`` is logged and the rest still stop."""
+        self._ready = False
+        while self._started:
+            name, component = self._started.pop()
+            log.debug("component stopping", component=name)
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("component failed to stop", component=name)
+        log.info("gateway stopped")

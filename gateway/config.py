@@ -1,0 +1,361 @@
+"""Typed configuration: one frozen dataclass per TOML table, validated once at startup.
+
+Theory of operation
+-------------------
+``conf/gateway.toml`` holds tables (``[sip]``, ``[log]``, ``[daemon]``); each maps onto a section class below,
+and :class:`Config` holds one instance of each. Every field carries a *rule* in its ``dataclasses.field``
+metadata: what it accepts and how an operator should read the expectation. A section validates all of its
+fields in ``__post_init__``, so a section built in code (``SipConfig(port=0)``, ``dataclasses.replace``) is
+checked exactly like one loaded from a file. :meth:`Config.from_mapping` adds what only a file can get wrong
+(unknown tables and keys) and collects the errors of every table, so the operator sees them all at once::
+
+    sip.port = 70000: expected an integer 0..65535
+    log.level = 'verbose': expected one of 'debug', 'info', 'warning', 'error'
+
+Booleans are never integers (``port = true`` is refused); integers are accepted where seconds are
+expected and stored as ``float``. Cross-field rules (``sip.t2 >= sip.t1``, no default password beyond loopback)
+run only when the fields they read are valid on their own.
+
+To add a table: write a section class (frozen, slots, ``_Section`` base, ``TABLE`` name, fields made with
+``_field``, a docstring under every field) and add a field for it to :class:`Config`. To add a key: add a field.
+``conf/gateway.toml`` must list the new key with its default; ``tests/test_config.py`` checks that it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+__all__ = [
+    "DEFAULT_PASSWORD",
+    "Config",
+    "ConfigError",
+    "DaemonConfig",
+    "LogConfig",
+    "SipConfig",
+    "is_loopback",
+    "load_config",
+    "resolve_state_dir",
+]
+
+DEFAULT_PASSWORD = "12345678"
+"""The example device password printed in every device manual: refused when listening beyond loopback."""
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. ``errors`` holds one line per problem, each naming the dotted key."""
+
+    def __init__(self, errors: str | Iterable[str]) -> None:
+        self.errors: tuple[str, ...] = (errors,) if isinstance(errors, str) else tuple(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# --- rules ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """What a field accepts: ``accept(value)`` decides, ``expected`` tells the operator, ``convert`` normalizes."""
+
+    expected: str
+    accept: Callable[[Any], bool]
+    convert: Callable[[Any], Any] | None = None
+
+
+def _integer(lo: int, hi: int) -> _Rule:
+    # type() rather than isinstance(): bool is a subclass of int, and `port = true` is a mistake.
+    return _Rule(f"an integer {lo}..{hi}", lambda v: type(v) is int and lo <= v <= hi)
+
+
+def _seconds(hi: float) -> _Rule:
+    # `0 < v` also refuses nan; the upper bound refuses inf.
+    return _Rule(
+        f"a number of seconds > 0 and <= {hi:g}",
+        lambda v: type(v) in (int, float) and 0 < v <= hi,
+        float,
+    )
+
+
+def _one_of(*choices: str) -> _Rule:
+    return _Rule("one of " + ", ".join(repr(c) for c in choices), lambda v: type(v) is str and v in choices)
+
+
+def _digits(n: int, example: str) -> _Rule:
+    pattern = re.compile(f"[0-9]{{{n}}}")  # ASCII digits only: str.isdigit() would accept '²' and '٣'
+    return _Rule(
+        f"a string of exactly {n} digits, e.g. {example!r}",
+        lambda v: type(v) is str and pattern.fullmatch(v) is not None,
+    )
+
+
+def _is_ip_address(value: Any) -> bool:
+    if type(value) is not str:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+_IP_ADDRESS = _Rule("an IP address such as '127.0.0.1', '0.0.0.0' or '::1'", _is_ip_address)
+_NON_EMPTY_STRING = _Rule("a non-empty string", lambda v: type(v) is str and v != "")
+_PATH_OR_EMPTY = _Rule(
+    "a directory path string ('' for the default)", lambda v: type(v) is str and "\0" not in v
+)
+
+
+def _field(default: Any, rule: _Rule, *, secret: bool = False) -> Any:
+    """A dataclass field validated by ``rule``; ``secret`` fields stay out of :meth:`Config.summary`."""
+    return field(default=default, repr=not secret, metadata={"rule": rule, "secret": secret})
+
+
+def _shown(value: Any, secret: bool) -> str:
+    """``repr(value)`` for error messages; a secret shows only its type (unless empty or the public default)."""
+    if secret and value not in ("", DEFAULT_PASSWORD):
+        return f"<hidden {type(value).__name__}>"
+    return repr(value)
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and their IPv4-mapped forms (``::ffff:127.0.0.1``)."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+# --- sections ---------------------------------------------------------------------------------------------
+
+
+class _Section:
+    """Base of the table classes: validates every field in ``__post_init__`` and raises all errors at once."""
+
+    __slots__ = ()
+    TABLE: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        bad: set[str] = set()
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            rule: _Rule = f.metadata["rule"]
+            value = getattr(self, f.name)
+            if not rule.accept(value):
+                errors.append(
+                    f"{self.TABLE}.{f.name} = {_shown(value, f.metadata['secret'])}: expected {rule.expected}"
+                )
+                bad.add(f.name)
+            elif rule.convert is not None:
+                object.__setattr__(self, f.name, rule.convert(value))
+        errors.extend(self._cross_check(bad))
+        if errors:
+            raise ConfigError(errors)
+
+    def _cross_check(self, bad: set[str]) -> list[str]:
+        """Rules spanning several fields; ``bad`` names the fields that already failed on their own."""
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig(_Section):
+    """``[sip]``: the SIP listeners (UDP and TCP on one port), our identity, digest auth and RFC 3261 timers."""
+
+    TABLE: ClassVar[str] = "sip"
+
+    listen: str = _field("127.0.0.1", _IP_ADDRESS)
+    """Local IP address the SIP UDP and TCP listeners bind to; '0.0.0.0' or '::' for every interface."""
+
+    port: int = _field(5060, _integer(0, 65535))
+    """SIP port for both UDP and TCP; 0 picks a free ephemeral port (tests)."""
+
+    platform_id: str = _field("34020000002000000001", _digits(20, "34020000002000000001"))
+    """Our 20-digit GB/T 28181 platform ID (type code 200), the one devices are configured to register to."""
+
+    domain: str = _field("3402000000", _digits(10, "3402000000"))
+    """Our 10-digit SIP domain, normally the first 10 digits of ``platform_id``; also the digest realm."""
+
+    password: str = _field(DEFAULT_PASSWORD, _NON_EMPTY_STRING, secret=True)
+    """Digest password devices register with; the default is refused unless ``listen`` is loopback."""
+
+    t1: float = _field(0.5, _seconds(60))
+    """RFC 3261 T1, the round-trip time estimate, in seconds (retransmission timers start here)."""
+
+    t2: float = _field(4.0, _seconds(600))
+    """RFC 3261 T2, the cap on non-INVITE request and INVITE response retransmit intervals, seconds; >= t1."""
+
+    t4: float = _field(5.0, _seconds(600))
+    """RFC 3261 T4, how long a message may remain in the network, in seconds (timers I, K)."""
+
+    max_message_size: int = _field(65536, _integer(1024, 16 * 1024 * 1024))
+    """Largest SIP message accepted, in bytes (headers plus body); larger ones are refused."""
+
+    udp_queue_size: int = _field(2048, _integer(1, 1_000_000))
+    """Received UDP datagrams waiting to be processed; when full, new ones are dropped and counted."""
+
+    source_rate_limit: int = _field(500, _integer(0, 1_000_000))
+    """UDP messages per second accepted from one source IP (bursts of twice that); 0 disables the limit."""
+
+    max_transactions: int = _field(10000, _integer(1, 1_000_000))
+    """Live SIP transactions at most; above it new requests are answered 503 with Retry-After."""
+
+    retry_after: int = _field(5, _integer(1, 3600))
+    """Seconds sent in the Retry-After header of a 503 when overloaded."""
+
+    tcp_max_connections: int = _field(1024, _integer(1, 100_000))
+    """Open SIP TCP connections at most; further connections are closed at once."""
+
+    tcp_idle_timeout: float = _field(120.0, _seconds(86400))
+    """Seconds a SIP TCP connection may stay silent before we close it."""
+
+    def _cross_check(self, bad: set[str]) -> list[str]:
+        errors = []
+        if not bad & {"t1", "t2"} and self.t2 < self.t1:
+            errors.append(f"sip.t2 = {self.t2!r}: expected a number of seconds >= sip.t1 ({self.t1!r})")
+        if (
+            not bad & {"listen", "password"}
+            and self.password == DEFAULT_PASSWORD
+            and not is_loopback(self.listen)
+        ):
+            errors.append(
+                f"sip.password = {self.password!r}: expected a password of your own: the default is printed in"
+                f" every device manual, and sip.listen = {self.listen!r} is not a loopback address, so anyone"
+                " who can reach the port could register as a device"
+            )
+        return errors
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig(_Section):
+    """``[log]``: what is logged and how it is rendered."""
+
+    TABLE: ClassVar[str] = "log"
+
+    level: str = _field("info", _one_of("debug", "info", "warning", "error"))
+    """Least severe level written: 'debug', 'info', 'warning' or 'error'."""
+
+    format: str = _field("auto", _one_of("auto", "json", "console"))
+    """'json' (one JSON object per line), 'console' (human-readable), or 'auto': console on a TTY, else JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig(_Section):
+    """``[daemon]``: process lifecycle and where state lives."""
+
+    TABLE: ClassVar[str] = "daemon"
+
+    state_dir: str = _field("", _PATH_OR_EMPTY)
+    """Directory for state (SQLite); '' means $STATE_DIRECTORY (set by systemd) if set, else ./var/."""
+
+    graceful_timeout: float = _field(10.0, _seconds(3600))
+    """Seconds a clean shutdown may take (after SIGTERM/SIGINT) before what is left is cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration: one attribute per TOML table."""
+
+    sip: SipConfig = field(default_factory=SipConfig)
+    """``[sip]``: SIP listeners, identity, digest auth and timers."""
+
+    log: LogConfig = field(default_factory=LogConfig)
+    """``[log]``: log level and format."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    """``[daemon]``: state directory and shutdown deadline."""
+
+    @classmethod
+    def sections(cls) -> dict[str, type[_Section]]:
+        """Table name → section class, in declaration order."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Config:
+        """Build from parsed TOML. Raises :class:`ConfigError` listing every problem in every table."""
+        sections = cls.sections()
+        errors: list[str] = []
+        built: dict[str, _Section] = {}
+        for table, values in data.items():
+            if table not in sections:
+                close = difflib.get_close_matches(table, list(sections), n=1)
+                hint = f" (did you mean [{close[0]}]?)" if close else ""
+                errors.append(
+                    f"{table} = {values!r}: unknown table{hint}, expected one of "
+                    + ", ".join(f"[{name}]" for name in sections)
+                )
+                continue
+            if not isinstance(values, Mapping):
+                errors.append(f"{table} = {values!r}: expected a table [{table}]")
+                continue
+            section_cls = sections[table]
+            section_fields = {f.name: f for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]
+            kwargs = {}
+            for key, value in values.items():
+                if key in section_fields:
+                    kwargs[key] = value
+                    continue
+                # A misspelt secret (`pasword = "..."`) is still a secret: hide it like the real key.
+                close = difflib.get_close_matches(key, list(section_fields), n=1)
+                secret = bool(close) and section_fields[close[0]].metadata["secret"]
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                errors.append(
+                    f"{table}.{key} = {_shown(value, secret)}: unknown key{hint}, expected one of "
+                    + ", ".join(section_fields)
+                )
+            try:
+                built[table] = section_cls(**kwargs)
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ConfigError(errors)
+        return cls(**built)  # type: ignore[arg-type]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Every setting except secrets, by table, for the startup log line."""
+        summary: dict[str, dict[str, Any]] = {}
+        for table in self.sections():
+            section = getattr(self, table)
+            summary[table] = {
+                f.name: getattr(section, f.name)
+                for f in dataclasses.fields(section)
+                if not f.metadata["secret"]
+            }
+        return summary
+
+
+def load_config(path: Path | None) -> Config:
+    """Load and validate a TOML file; ``None`` gives the built-in defaults. Raises :class:`ConfigError`."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fp:
+            data = tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid UTF-8 TOML: {exc}") from None
+    return Config.from_mapping(data)
+
+
+def resolve_state_dir(config: Config, environ: Mapping[str, str] | None = None) -> Path:
+    """Where state lives: ``daemon.state_dir`` if set, else ``$STATE_DIRECTORY`` (systemd), else ``./var``.
+
+    systemd sets ``STATE_DIRECTORY`` to a colon-separated list when the unit names several; the first is ours.
+    Relative paths are relative to the working directory; the caller creates the directory.
+    """
+    if config.daemon.state_dir:
+        return Path(config.daemon.state_dir)
+    env = os.environ if environ is None else environ
+    from_systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(from_systemd) if from_systemd else Path("var")

@@ -1,0 +1,181 @@
+"""``gb28181-gateway``: the daemon's entry point (config, logging, state directory, uvloop, signals).
+
+Lifecycle (hypercorn ``worker_serve``, uvicorn ``Server.shutdown``):
+
+1. Load and validate the configuration; an error prints every problem to stderr and exits 2 (no traceback).
+   ``--check-config`` stops here: ``configuration OK: <source>`` and exit 0.
+2. Configure logging, resolve and create the state directory (mode 0750), log it.
+3. On a uvloop loop: install SIGTERM/SIGINT handlers that set one ``asyncio.Event``, start the :class:`Gateway`.
+4. On the first signal, ``Gateway.stop()`` runs under ``daemon.graceful_timeout``. Clean stop: exit 0. Deadline
+   passed: cancel the tasks left, log them, exit 1. A second signal during shutdown exits at once with 130.
+
+Exit codes: 0 clean, 1 runtime failure (start failed, shutdown overran, state directory unusable), 2 bad
+configuration or command line, 130 forced by a second signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+import uvloop
+
+from . import __version__
+from .app import Gateway
+from .config import Config, ConfigError, load_config, resolve_state_dir
+from .logs import configure_logging
+from .sdnotify import Notifier
+
+__all__ = ["main"]
+
+log = structlog.get_logger("gateway.main")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_FORCED = 130
+
+_CANCEL_GRACE = 1.0
+"""Seconds the tasks left after an overrun shutdown get to finish cancelling before the process exits anyway."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gb28181-gateway",
+        description="GB/T 28181 media gateway: SIP platform for cameras and NVRs, RTSP/WebRTC egress, cascade.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="TOML configuration file (default: built-in defaults, the same as conf/gateway.toml)",
+    )
+    parser.add_argument("--demo", action="store_true", help="add in-process simulated cameras")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration, print the result and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the daemon; returns the process exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed what it had to
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+
+    source = str(args.config) if args.config is not None else "built-in defaults"
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gb28181-gateway: invalid configuration ({source}):", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"configuration OK: {source}")
+        return EXIT_OK
+
+    configure_logging(config.log.level, config.log.format)
+    log.info("gateway starting", version=__version__, config_source=source, demo=args.demo, pid=os.getpid())
+    state_dir = resolve_state_dir(config).absolute()
+    try:
+        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("cannot create state directory", path=str(state_dir), error=str(exc))
+        return EXIT_FAILURE
+    log.info("state directory", path=str(state_dir))
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(config, demo=args.demo))
+    except KeyboardInterrupt:  # SIGINT before our handler was installed
+        log.warning("interrupted before startup completed", exit_code=EXIT_FORCED)
+        return EXIT_FORCED
+
+
+async def _serve(config: Config, *, demo: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.critical("second signal during shutdown, exiting now", signal=sig.name, exit_code=EXIT_FORCED)
+            _flush()
+            os._exit(EXIT_FORCED)
+        log.info("shutdown requested", signal=sig.name)
+        stop.set()
+
+    notifier = Notifier()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        gateway = Gateway(config, demo=demo)
+        try:
+            await gateway.start()
+        except Exception:
+            log.exception("gateway failed to start")
+            return EXIT_FAILURE
+        notifier.notify(f"READY=1\nSTATUS=SIP on {config.sip.listen}:{gateway.sip.port if gateway.sip else 0}")
+        watchdog = asyncio.create_task(notifier.watchdog(), name="sd_notify.watchdog")
+        await stop.wait()
+        notifier.notify("STOPPING=1")
+        watchdog.cancel()
+        return await _shutdown(gateway, config.daemon.graceful_timeout)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _shutdown(gateway: Gateway, timeout: float) -> int:
+    # asyncio.wait rather than wait_for: on timeout wait_for waits for the cancelled stop() to finish, which
+    # never happens if something in it swallows CancelledError; here the cancel grace below is bounded too.
+    stopping = asyncio.create_task(gateway.stop(), name="gateway.stop")
+    done, _ = await asyncio.wait({stopping}, timeout=timeout)
+    if done:
+        if stopping.exception() is not None:
+            log.error("gateway stop failed", exc_info=stopping.exception(), exit_code=EXIT_FAILURE)
+            return EXIT_FAILURE
+        log.info("exiting", exit_code=EXIT_OK)
+        return EXIT_OK
+
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    log.error(
+        "graceful shutdown timed out, cancelling what is left",
+        graceful_timeout=timeout,
+        tasks=sorted(task.get_name() for task in left),
+    )
+    for task in left:
+        task.cancel()
+    _, pending = await asyncio.wait(left, timeout=_CANCEL_GRACE)
+    if pending:
+        log.critical(
+            "tasks ignored cancellation, exiting anyway",
+            tasks=sorted(task.get_name() for task in pending),
+            exit_code=EXIT_FAILURE,
+        )
+        _flush()
+        os._exit(EXIT_FAILURE)  # asyncio.Runner.close() would wait for them forever
+    log.info("exiting", exit_code=EXIT_FAILURE)
+    return EXIT_FAILURE
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Every Prometheus metric of the gateway, defined once at module level (JupyterHub's ``metrics.py``).
+
+Names follow ``gb28181_<noun>_<verb>_<unit>``. Label values come from bounded sets (enums, SIP methods,
+status codes); Call-IDs, SSRCs and peer addresses are never labels. Label values that matter for alerting
+are pre-created so their series exist before the first event.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from prometheus_client import Counter, Gauge, Info
+
+from . import __version__
+
+KNOWN_METHODS = ("REGISTER", "MESSAGE", "INVITE", "ACK", "BYE", "CANCEL", "INFO", "SUBSCRIBE", "NOTIFY",
+                 "OPTIONS", "PRACK", "UPDATE", "REFER")
+
+
+def method_label(method: str) -> str:
+    """A bounded label for a SIP method: known methods as they are, anything else ``OTHER``."""
+    upper = method.upper()
+    return upper if upper in KNOWN_METHODS else "OTHER"
+
+
+class SipDrop(enum.Enum):
+    """Why a SIP datagram or connection was dropped, refused or answered with an error by the transport."""
+
+    MALFORMED = "malformed"          # unparseable; answered 400 when a response was possible
+    TOO_LARGE = "too_large"          # beyond sip.max_message_size
+    QUEUE_FULL = "queue_full"        # UDP ingress queue full
+    FLOOD = "flood"                  # one source holds its whole share of the ingress queue
+    RATE_LIMITED = "rate_limited"    # one source beyond sip.source_rate_limit messages per second
+    OVERLOAD = "overload"            # too many transactions: answered 503 + Retry-After
+    STRAY_RESPONSE = "stray_response"  # a response matching no transaction
+    TCP_LIMIT = "tcp_limit"          # sip.tcp_max_connections reached: connection refused
+    TCP_SLOW = "tcp_slow"            # a peer not reading its responses: connection closed
+    TCP_IDLE = "tcp_idle"            # idle connection closed
+    SEND_FAILED = "send_failed"      # no route or no connection for an outgoing message
+
+
+BUILD_INFO = Info("gb28181_build", "Gateway build information")
+BUILD_INFO.info({"version": __version__})
+
+SIP_REQUESTS = Counter(
+    "gb28181_sip_requests_total", "SIP requests by direction and method (retransmissions excluded)",
+    ["direction", "method"],
+)
+SIP_RESPONSES = Counter(
+    "gb28181_sip_responses_total", "SIP final and provisional responses by direction and status code",
+    ["direction", "status"],
+)
+SIP_DROPPED = Counter(
+    "gb28181_sip_dropped_total", "SIP datagrams, messages or connections dropped or refused, by reason",
+    ["reason"],
+)
+SIP_TRANSACTION_TIMEOUTS = Counter(
+    "gb28181_sip_transaction_timeouts_total", "Client transactions that got no final response, by method",
+    ["method"],
+)
+SIP_TRANSACTIONS = Gauge("gb28181_sip_transactions", "SIP transactions currently alive")
+SIP_TCP_CONNECTIONS = Gauge("gb28181_sip_tcp_connections", "SIP TCP connections currently open")
+SIP_UDP_QUEUE = Gauge("gb28181_sip_udp_queue_datagrams", "Datagrams waiting in the SIP UDP ingress queue")
+
+for _reason in SipDrop:
+    SIP_DROPPED.labels(_reason.value)
+for _method in KNOWN_METHODS:
+    SIP_REQUESTS.labels("in", _method)
+    SIP_TRANSACTION_TIMEOUTS.labels(_method)
