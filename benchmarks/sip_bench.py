@@ -31,15 +31,18 @@ CANNED_200 = (
 )
 
 
-def request(method: str, n: int, transport: str) -> bytes:
+_RUN = iter(range(1, 1 << 30))
+
+
+def request(method: str, n: int, transport: str, run: int = 0) -> bytes:
     body = KEEPALIVE if method == "MESSAGE" else b""
     ctype = "Content-Type: Application/MANSCDP+xml\r\n" if body else ""
     return (
         f"{method} sip:34020000002000000001@3402000000 SIP/2.0\r\n"
-        f"Via: SIP/2.0/{transport} 127.0.0.1:5999;rport;branch=z9hG4bK-{n}\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:5999;rport;branch=z9hG4bK-{run}-{n}\r\n"
         "From: <sip:34020000001320000001@3402000000>;tag=a\r\n"
         "To: <sip:34020000002000000001@3402000000>\r\n"
-        f"Call-ID: bench-{n}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{ctype}"
+        f"Call-ID: bench-{run}-{n}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{ctype}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -124,7 +127,8 @@ def cpu_seconds(pid: int) -> float:
 async def load_udp(port: int, method: str, total: int) -> float:
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    reqs = [request(method, n, "UDP") for n in range(total)]
+    run = next(_RUN)  # fresh branches: a reused one is a retransmission, answered to its first source
+    reqs = [request(method, n, "UDP", run) for n in range(total)]
 
     class Client(asyncio.DatagramProtocol):
         sent = 0
@@ -161,7 +165,8 @@ async def load_udp(port: int, method: str, total: int) -> float:
 
 async def load_tcp(port: int, method: str, total: int) -> float:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    reqs = [request(method, n, "TCP") for n in range(total)]
+    run = next(_RUN)
+    reqs = [request(method, n, "TCP", run) for n in range(total)]
     start = time.perf_counter()
     sent = 0
     received = 0

@@ -18,6 +18,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 
@@ -394,8 +395,8 @@ class _TcpProtocol(asyncio.Protocol):
         self._conn_id: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._conn_id = self._server._tcp_opened(transport)
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, but has the same interface.
+        self._conn_id = self._server._tcp_opened(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         if self._conn_id is not None:

@@ -25,9 +25,8 @@ are skipped by their 16-bit length, the program stream map ``BC`` (§2.5.4) and 
 * ``_tail``: a header that straddles two payloads (pack header, PES header, PSM, or up to 3 bytes of a start
   code) is kept and prepended to the next payload; it is bounded by the largest header (264 bytes for a PES, the
   ``max_psm_size`` cap for a PSM).
-* ``_hunting``: sync is lost (a bad start code or header, a caller-signalled gap, ``reset()``). The partial frame
-  is dropped and ``bytes.find`` scans for the next ``00 00 01`` followed by a pack header, system header, PSM or
-  MPEG-2 PES header. Unparsable data is discarded as it arrives; only the last 3 bytes are kept.
+* ``_hunting``: sync is lost. ``bytes.find`` scans for the next ``00 00 01`` followed by a pack header, system
+  header, PSM or MPEG-2 PES header. Unparsable data is discarded as it arrives; only the last 3 bytes are kept.
 
 Frame boundaries (video). GB/T 28181 devices send a pack header per frame and set the RTP marker bit on a frame's
 last packet, and split a large frame into several PES packets whose first carries the PTS (the rest carry none,
@@ -41,17 +40,31 @@ or repeat it). A video frame therefore ends at
 A pack header alone does not end a frame (DVD-style streams spread one frame over several packs); in practice
 the first PES of the next frame follows it in the same RTP packet. In a stream that never carries a PTS, a PES
 right after a pack header starts a new frame. Audio: every audio PES is one access unit (G.711 samples or AAC
-ADTS frames), emitted when its last byte arrives.
+ADTS frames), emitted when its last byte arrives. Without markers (raw files, some muxers) a video frame can only
+leave when the next one starts.
 
-Losses. After a gap (``discontinuity=True``, a header that does not parse, ...) the demuxer drops the partial frame
-and also discards the continuation of that frame (PES packets without a PTS, or with the dropped frame's PTS);
-the first frame it accepts again must begin with an Annex B start code. With ``wait_keyframe`` (default) no video
-leaves before the first keyframe. A ``PES_packet_length`` that lies (too long) is detected when a marker arrives
-mid-PES and the next payload starts with a system start code: the frame is emitted, the length error counted.
+Losses and garbage. Two cases:
 
-Codecs come from the PSM (the last one that parsed; a PSM whose ``elementary_stream_map_length`` disagrees with
-its packet length is parsed with whichever length gives whole entries, e.g. the shared
-``g711a_audio_only_bad_psm.ps``). Without a PSM, video is H.264 unless its NAL headers look like HEVC
+* The caller signals a gap (``discontinuity=True``, ``reset()``): nobody knows what was lost, so the open frame
+  is dropped (``truncated_frames``) and so is the rest of it: PES packets without a PTS or with its PTS, a PES
+  whose PTS is new but that lacks the pack header every frame of this stream had so far (the lost first PES of a
+  frame whose later PES repeat the PTS), and a first payload that does not begin with an Annex B start code.
+  A marker ends that discarding. Output after a loss is therefore always a subset of the clean output (a test
+  drops packets at every position of the captures to check it).
+* Garbage where a start code must be (a unit boundary: every PES so far was complete): the open frame is
+  emitted, unless it holds a system start code, which Annex B video cannot: then the last ``PES_packet_length``
+  was too long and swallowed the units behind it; the frame is cut there and the swallowed bytes are parsed
+  again (``pes_length_errors``; at most 4 times per feed, so hostile input stays linear). A marker that arrives
+  mid-PES followed by a payload starting with a system start code is the same lie, caught one packet earlier.
+
+With ``wait_keyframe`` (default) no video leaves before the first keyframe; it is not re-armed after a loss (the
+gateway decides whether to wait or to ask the device for an I frame).
+
+Codecs come from the PSM, fixed per frame when it opens. A PSM whose ``elementary_stream_map_length`` disagrees
+with its packet length is parsed with whichever of the two lengths the entries tile exactly (e.g. the shared
+``g711a_audio_only_bad_psm.ps``); one that tiles with neither is counted in ``bad_psms`` and never replaces the
+last good map (its whole entries are used only if there was none). CRC_32 is not checked: most devices get it
+wrong. Without a PSM, video is H.264 unless its NAL headers look like HEVC
 (VPS/SPS/PPS/AUD/SEI/IRAP with a valid 2-byte header), and audio is AAC if it starts with an ADTS sync word,
 G.711A otherwise (a guess: GB/T 28181 附录 C's default audio).
 
@@ -334,7 +347,9 @@ class PsDemuxer:
             else:
                 self.dropped_bytes += len(self._tail)
             self._tail = b""
-        if self._suspect and self._kind == _VIDEO and self._left > 0:  # the marker said the frame was complete
+        if (
+            self._suspect and self._kind == _VIDEO and self._left > 0
+        ):  # the marker said the frame was complete
             self.pes_length_errors += 1
             self._left = 0
         incomplete = self._left > 0
@@ -772,7 +787,9 @@ class PsDemuxer:
             elif pts == self._vpts:
                 return _VIDEO
             self._end_frame(out)
-        elif self._last_marker and ((pts is None and self._ever_pts) or (pts is not None and pts == self._last_pts)):
+        elif self._last_marker and (
+            (pts is None and self._ever_pts) or (pts is not None and pts == self._last_pts)
+        ):
             # The marker ended a frame that this PES continues: the device sets it elsewhere.
             self.marker_misfires += 1
             if self.marker_misfires >= _MARKER_MISFIRE_LIMIT:

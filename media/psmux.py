@@ -27,9 +27,19 @@ import struct
 from .frames import AccessUnit, Codec
 from .rtp import build_rtp
 
-__all__ = ["MAX_PES_PACKET_LENGTH", "PsMuxer", "PsRtpPacketizer", "crc32_mpeg2"]
+__all__ = [
+    "DEFAULT_MUX_RATE",
+    "MAX_PES_PACKET_LENGTH",
+    "PsMuxer",
+    "PsRtpPacketizer",
+    "crc32_mpeg2",
+    "pack_header",
+    "pes_packets",
+]
 
 MAX_PES_PACKET_LENGTH = 0xFFFF
+#: ``program_mux_rate`` in units of 50 bytes/s: 1 MB/s, about what Hikvision cameras write (informative only).
+DEFAULT_MUX_RATE = 20_000
 VIDEO_STREAM_ID = 0xE0
 AUDIO_STREAM_ID = 0xC0
 _TS_MASK = (1 << 33) - 1
@@ -100,7 +110,7 @@ class PsMuxer:
         video: Codec | None = Codec.H264,
         audio: Codec | None = None,
         *,
-        mux_rate: int = 0x3FFFFF >> 4,
+        mux_rate: int = DEFAULT_MUX_RATE,
         psm_interval: int = 50,
     ) -> None:
         """:param video: the video codec (``None`` for audio only).
@@ -201,7 +211,9 @@ class PsRtpPacketizer:
 
     __slots__ = ("ssrc", "pt", "max_payload", "seq", "ts_offset")
 
-    def __init__(self, ssrc: int, pt: int = 96, max_payload: int = 1400, seq: int = 0, ts_offset: int = 0) -> None:
+    def __init__(
+        self, ssrc: int, pt: int = 96, max_payload: int = 1400, seq: int = 0, ts_offset: int = 0
+    ) -> None:
         """:param ssrc: the RTP SSRC (GB/T 28181: the ``y=`` line of the SDP).
         :param max_payload: bytes of PS per RTP packet (1400 keeps a 1412-byte packet under common MTUs).
         :param seq: the first sequence number; ``seq`` is the next one afterwards.
@@ -224,7 +236,9 @@ class PsRtpPacketizer:
         count = max(1, -(-n // size))
         seq = self.seq
         out = [
-            build_rtp(self.pt, i == count - 1, (seq + i) & 0xFFFF, ts, self.ssrc, view[i * size : (i + 1) * size])
+            build_rtp(
+                self.pt, i == count - 1, (seq + i) & 0xFFFF, ts, self.ssrc, view[i * size : (i + 1) * size]
+            )
             for i in range(count)
         ]
         self.seq = (seq + count) & 0xFFFF

@@ -118,7 +118,9 @@ def _noise_frames(width: int, height: int, count: int) -> Iterator[object]:
 
     rng = np.random.default_rng(28181)
     for _ in range(count):
-        yield av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), format="rgb24")
+        yield av.VideoFrame.from_ndarray(
+            rng.integers(0, 256, (height, width, 3), dtype=np.uint8), format="rgb24"
+        )
 
 
 @functools.cache

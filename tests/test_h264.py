@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from media_util import BitWriter, encode_video, escape_rbsp
 
 from media import h264
 from media.h264 import BitReader, BitstreamError, NalType
-from media_util import BitWriter, encode_video, escape_rbsp
 
 # -- Annex B -------------------------------------------------------------------------------------------------------
 
@@ -72,7 +72,9 @@ def test_sps_resolution_of_encoded_streams(width: int, height: int) -> None:
     assert h264.resolution(sps) == (width, height)
 
 
-@pytest.mark.parametrize(("pix_fmt", "profile", "chroma"), [("yuv420p", 100, 1), ("yuv422p", 122, 2), ("yuv444p", 244, 3)])
+@pytest.mark.parametrize(
+    ("pix_fmt", "profile", "chroma"), [("yuv420p", 100, 1), ("yuv422p", 122, 2), ("yuv444p", 244, 3)]
+)
 def test_sps_high_profiles_with_cropping(pix_fmt: str, profile: int, chroma: int) -> None:
     # 322x242 is not a multiple of 16: cropping in chroma units that differ per format (Table 6-1).
     frames = encode_video("libx264", width=322, height=242, frames=2, pix_fmt=pix_fmt, preset="medium")

@@ -99,10 +99,17 @@ def _sps(
 
 @pytest.mark.parametrize(
     ("chroma", "separate", "expected"),
-    [(1, False, (1920, 1080)), (2, False, (1920, 1084)), (3, False, (1920, 1084)), (3, True, (1920, 1084)),
-     (0, False, (1920, 1084))],
+    [
+        (1, False, (1920, 1080)),
+        (2, False, (1920, 1084)),
+        (3, False, (1920, 1084)),
+        (3, True, (1920, 1084)),
+        (0, False, (1920, 1084)),
+    ],
 )
-def test_hand_built_sps_conformance_window_units(chroma: int, separate: bool, expected: tuple[int, int]) -> None:
+def test_hand_built_sps_conformance_window_units(
+    chroma: int, separate: bool, expected: tuple[int, int]
+) -> None:
     info = h265.parse_sps(_sps(chroma=chroma, separate=separate, window=(0, 0, 0, 4)))
     assert (info.width, info.height) == expected
     assert (info.profile_idc, info.tier, info.level_idc) == (2, 1, 123)
@@ -112,10 +119,17 @@ def test_hand_built_sps_conformance_window_units(chroma: int, separate: bool, ex
 @pytest.mark.parametrize("sub_layers", [1, 2, 3, 7])
 @pytest.mark.parametrize("sub_profile", [True, False])
 @pytest.mark.parametrize("ordering_info", [True, False])
-def test_hand_built_sps_profile_tier_level_skipping(sub_layers: int, sub_profile: bool, ordering_info: bool) -> None:
+def test_hand_built_sps_profile_tier_level_skipping(
+    sub_layers: int, sub_profile: bool, ordering_info: bool
+) -> None:
     info = h265.parse_sps(
-        _sps(sub_layers=sub_layers, sub_profile=sub_profile, window=(8, 8, 4, 4), ordering_info=ordering_info,
-             reorder=2)
+        _sps(
+            sub_layers=sub_layers,
+            sub_profile=sub_profile,
+            window=(8, 8, 4, 4),
+            ordering_info=ordering_info,
+            reorder=2,
+        )
     )
     assert (info.width, info.height) == (1920 - 32, 1088 - 16)
     assert info.max_num_reorder_pics == 2
