@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Union
 
 from .errors import LocalProtocolError, MalformedMessage, MessageTooLarge
 
@@ -660,7 +659,7 @@ class SipResponse(_MessageMixin):
         return start + self._header_bytes() + self.body
 
 
-SipMessage = Union[SipRequest, SipResponse]
+SipMessage = SipRequest | SipResponse
 
 # Headers every request and response must carry (RFC 3261 §8.1.1, §16.3 without Max-Forwards leniency).
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
