@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import sip_bench
+from . import media_bench, sip_bench
 
 
 def main() -> None:
@@ -12,6 +12,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = parser.parse_args()
     sip_bench.main(quick=args.quick)
+    media_bench.main(quick=args.quick)
 
 
 if __name__ == "__main__":

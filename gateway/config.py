@@ -40,6 +40,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaemonConfig",
+    "DevicesConfig",
     "LogConfig",
     "SipConfig",
     "is_loopback",
@@ -233,6 +234,96 @@ class SipConfig(_Section):
         return errors
 
 
+_DEVICE_ID = re.compile(r"[0-9]{20}")
+
+
+def _id_list() -> _Rule:
+    return _Rule(
+        "a list of 20-digit device IDs, e.g. ['34020000001320000001'] ([] allows every device)",
+        lambda v: type(v) in (list, tuple) and all(type(x) is str and _DEVICE_ID.fullmatch(x) for x in v),
+        tuple,
+    )
+
+
+def _password_map() -> _Rule:
+    def pairs(v: Any) -> list[Any]:
+        return list(v.items()) if isinstance(v, Mapping) else list(v) if type(v) is tuple else [None]
+
+    return _Rule(
+        "a table of 20-digit device ID = \"non-empty password\"",
+        lambda v: all(
+            type(kv) is tuple and len(kv) == 2 and type(kv[0]) is str and _DEVICE_ID.fullmatch(kv[0])
+            and type(kv[1]) is str and kv[1] != ""
+            for kv in pairs(v)
+        ),
+        lambda v: tuple(sorted(pairs(v))),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesConfig(_Section):
+    """``[devices]``: who may register, keepalive and expiry policy, queries sent after registration."""
+
+    TABLE: ClassVar[str] = "devices"
+
+    allow: tuple[str, ...] = _field((), _id_list())
+    """Device IDs allowed to register; empty allows every device that knows the password."""
+
+    passwords: tuple[tuple[str, str], ...] = _field((), _password_map(), secret=True)
+    """Per-device digest passwords (a table: device ID = password); other devices use ``sip.password``."""
+
+    keepalive_interval: float = _field(60.0, _seconds(3600))
+    """Seconds between a device's keepalives (60 is the devices' usual default)."""
+
+    keepalive_count: int = _field(3, _integer(1, 100))
+    """Missed keepalives before a device is marked offline: offline after interval x count of silence."""
+
+    register_expires_min: int = _field(60, _integer(1, 86400))
+    """Shortest registration granted, seconds; a shorter Expires from a device is raised to this."""
+
+    register_expires_max: int = _field(86400, _integer(1, 7 * 86400))
+    """Longest registration granted, seconds; a longer Expires from a device is lowered to this."""
+
+    register_rate: int = _field(200, _integer(1, 1_000_000))
+    """New registrations (unauthenticated REGISTERs) accepted per second; beyond it 503 with Retry-After."""
+
+    auth_failure_limit: int = _field(5, _integer(1, 10_000))
+    """Failed digest answers from one source IP within ``auth_failure_window`` before it is refused."""
+
+    auth_failure_window: float = _field(60.0, _seconds(86400))
+    """Seconds over which failed digest answers are counted, and for which a source over the limit is refused."""
+
+    nonce_lifetime: float = _field(300.0, _seconds(86400))
+    """Seconds a digest nonce stays valid; an answer with an older one gets a fresh challenge (stale=TRUE)."""
+
+    query_concurrency: int = _field(16, _integer(1, 10_000))
+    """Devices queried (DeviceInfo, Catalog, DeviceStatus) at the same time after registering."""
+
+    query_timeout: float = _field(10.0, _seconds(3600))
+    """Seconds to wait for a DeviceInfo/DeviceStatus answer."""
+
+    catalog_timeout: float = _field(30.0, _seconds(3600))
+    """Seconds to wait for all parts of a Catalog answer; after it the catalog is kept as partial."""
+
+    def password_for(self, device_id: str, default: str) -> str:
+        """The digest password of ``device_id``: its own if configured, else ``default``."""
+        for key, password in self.passwords:
+            if key == device_id:
+                return password
+        return default
+
+    def _cross_check(self, bad: set[str]) -> list[str]:
+        errors = []
+        if not bad & {"register_expires_min", "register_expires_max"} and (
+            self.register_expires_max < self.register_expires_min
+        ):
+            errors.append(
+                f"devices.register_expires_max = {self.register_expires_max!r}: expected a number of seconds"
+                f" >= devices.register_expires_min ({self.register_expires_min!r})"
+            )
+        return errors
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig(_Section):
     """``[log]``: what is logged and how it is rendered."""
@@ -265,6 +356,9 @@ class Config:
 
     sip: SipConfig = field(default_factory=SipConfig)
     """``[sip]``: SIP listeners, identity, digest auth and timers."""
+
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    """``[devices]``: registration, keepalive and query policy."""
 
     log: LogConfig = field(default_factory=LogConfig)
     """``[log]``: log level and format."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from prometheus_client import Counter, Gauge, Info
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 from . import __version__
 
@@ -67,3 +67,32 @@ for _reason in SipDrop:
 for _method in KNOWN_METHODS:
     SIP_REQUESTS.labels("in", _method)
     SIP_TRANSACTION_TIMEOUTS.labels(_method)
+
+# ---------------------------------------------------------------------------------------------- devices
+REGISTRATION_RESULTS = ("ok", "challenged", "unregistered", "denied", "blocked", "bad_credentials",
+                        "bad_password", "overload")
+REGISTRATIONS = Counter(
+    "gb28181_registrations_total", "REGISTER requests by outcome", ["result"],
+)
+KEEPALIVES = Counter("gb28181_keepalives_total", "Keepalive MESSAGEs by outcome", ["result"])
+DEVICE_OFFLINE = Counter(
+    "gb28181_device_offline_total", "Devices that went offline, by reason", ["reason"],
+)
+DEVICES_REGISTERED = Gauge("gb28181_devices_registered", "Devices with a live registration")
+DEVICES_ONLINE = Gauge("gb28181_devices_online", "Devices online (registered, keepalives arriving)")
+DEVICES_ONLINE_RATIO = Gauge(
+    "gb28181_devices_online_ratio", "Online devices / known devices (the online rate relays watch), 0..1",
+)
+CHANNELS = Gauge("gb28181_channels", "Catalog items by kind", ["kind"])
+CATALOG_SYNC_SECONDS = Histogram(
+    "gb28181_catalog_sync_seconds", "Time from Catalog query to the last part (or timeout)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+for _result in REGISTRATION_RESULTS:
+    REGISTRATIONS.labels(_result)
+for _result in ("ok", "unregistered"):
+    KEEPALIVES.labels(_result)
+for _reason in ("keepalive_timeout", "expired", "unregistered"):
+    DEVICE_OFFLINE.labels(_reason)
+for _kind in ("channel", "business_group", "virtual_org"):
+    CHANNELS.labels(_kind)
