@@ -10,14 +10,17 @@ be called more than once. The deadline on ``stop()`` (``daemon.graceful_timeout`
 
 from __future__ import annotations
 
+import gc
 from typing import Protocol
 
 import structlog
 
 from . import __version__
-from .config import Config
+from .config import Config, resolve_state_dir
+from .devices import DeviceRegistry
 from .sip_router import SipRouter
 from .sip_transport import SipServer
+from .store import Store
 
 __all__ = ["Component", "Gateway"]
 
@@ -32,6 +35,20 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+STORE_FILE = "gateway.sqlite3"
+
+
+class _StoreComponent:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def start(self) -> None:
+        await self.store.open()
+
+    async def stop(self) -> None:
+        await self.store.close()
+
+
 class Gateway:
     """The running gateway: ``await start()``, then ``await stop()`` (under the caller's deadline)."""
 
@@ -41,6 +58,8 @@ class Gateway:
         self._started: list[tuple[str, Component]] = []
         self._ready = False
         self.router = SipRouter(max_body_size=config.sip.max_message_size)
+        self.store = Store(resolve_state_dir(config) / STORE_FILE)
+        self.devices = DeviceRegistry(config, self.router, self.store)
         self.sip: SipServer | None = None
 
     @property
@@ -55,7 +74,13 @@ class Gateway:
         mode the simulators last (they register to the SIP server, so it must be up first).
         """
         self.sip = SipServer(self.config.sip, self.router)
-        components: list[tuple[str, Component]] = [("sip", self.sip)]
+        self.devices.attach(self.sip)
+        # The registry restores its state before the SIP port opens, so no device meets an empty registry.
+        components: list[tuple[str, Component]] = [
+            ("store", _StoreComponent(self.store)),
+            ("devices", self.devices),
+            ("sip", self.sip),
+        ]
         return components
 
     async def start(self) -> None:
@@ -71,6 +96,9 @@ class Gateway:
             self._started.append((name, component))
         if self.demo:
             log.warning("demo mode has no simulators yet")
+        # The restored registry is long-lived: keep the cyclic GC from rescanning it on every full collection.
+        gc.collect()
+        gc.freeze()
         self._ready = True
         log.info(
             "gateway started",

@@ -1,0 +1,172 @@
+"""The device registry end to end, through real UDP/TCP sockets on 127.0.0.1 and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.devices import format_date
+from gw_util import DEVICE, PLATFORM, RawClient, make_config, running_gateway, sample
+from sip import manscdp
+
+pytestmark = pytest.mark.e2e
+
+KEEPALIVE = manscdp.encode("Notify", "Keepalive", 1, DEVICE, [("Status", "OK")])
+
+
+async def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)
+
+
+async def test_register_with_digest_then_keepalive_then_offline(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path)) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        # The first attempt is challenged: realm = domain, MD5 named, qop offered.
+        resp = await client.register()
+        assert resp.status == 200, resp
+        assert resp.headers.get("Expires") == "3600"
+        date = resp.headers.get("Date") or ""
+        assert len(date) == 23 and date[10] == "T" and date[19] == "."  # yyyy-MM-dd'T'HH:mm:ss.SSS
+        assert DEVICE in (resp.headers.get("Contact") or "")
+        dev = gw.devices.get(DEVICE)
+        assert dev is not None and dev.rec.online and dev.registered
+        # The gateway now queries the device: answer with 200 (the test does not play the device further).
+        query = await client.next_request()
+        assert query.method == "MESSAGE"
+        doc = manscdp.decode(query.body)
+        assert (doc.root, doc.cmd_type, doc.device_id) == ("Query", "DeviceInfo", DEVICE)
+        client.answer(query)
+        # Keepalives keep it online past interval x count (0.4 x 3 = 1.2 s).
+        for _ in range(4):
+            await asyncio.sleep(0.4)
+            client.send(client.request("MESSAGE", body=KEEPALIVE, content_type="Application/MANSCDP+xml"))
+            assert (await client.response()).status == 200
+        assert dev.rec.online
+        # Silence: offline after 1.2 s (+ the watch period).
+        await wait_until(lambda: not dev.rec.online, timeout=4)
+        assert dev.registered  # still registered: a keepalive brings it back
+        client.send(client.request("MESSAGE", body=KEEPALIVE, content_type="Application/MANSCDP+xml"))
+        assert (await client.response()).status == 200
+        assert dev.rec.online
+        client.close()
+
+
+async def test_register_without_qop_accepted(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path)) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        resp = await client.register(qop=False)
+        assert resp.status == 200
+        client.close()
+
+
+async def test_wrong_password_403_after_challenge_and_rate_limited(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path, auth_failure_limit=3)) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        for _ in range(3):
+            resp = await client.register(password="wrong")
+            assert resp.status == 403
+        # Over the limit: refused before any challenge, even with the right password.
+        first = client.request("REGISTER", headers=[("Expires", "3600")])
+        client.send(first)
+        resp = await client.response()
+        assert resp.status == 403 and "Failures" in resp.reason
+        # Another source is not affected.
+        other = await RawClient.open(gw.sip.port, source="127.0.0.2")
+        assert (await other.register()).status == 200
+        client.close()
+        other.close()
+
+
+async def test_device_outside_allowlist_refused(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path, allow=["34020000001320000099"])) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        resp = await client.register()
+        assert resp.status == 403
+        assert gw.devices.get(DEVICE) is None
+        client.close()
+
+
+async def test_per_device_password(tmp_path: Path) -> None:
+    config = make_config(tmp_path, passwords={DEVICE: "own-secret"})
+    async with running_gateway(config) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        assert (await client.register(password="12345678")).status == 403
+        assert (await client.register(password="own-secret")).status == 200
+        client.close()
+
+
+async def test_message_from_unregistered_device_refused(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path)) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        client.send(client.request("MESSAGE", body=KEEPALIVE, content_type="Application/MANSCDP+xml"))
+        resp = await client.response()
+        assert resp.status == 404
+        client.close()
+
+
+async def test_unregister(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path)) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        assert (await client.register()).status == 200
+        resp = await client.register(expires=0)
+        assert resp.status == 200
+        dev = gw.devices.get(DEVICE)
+        assert dev is not None and not dev.registered and not dev.rec.online
+        client.send(client.request("MESSAGE", body=KEEPALIVE, content_type="Application/MANSCDP+xml"))
+        assert (await client.response()).status == 404
+        client.close()
+
+
+async def test_registration_storm_answered_503_with_retry_after(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path, register_rate=5)) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        before = sample("gb28181_registrations_total", {"result": "overload"})
+        for i in range(30):
+            client.send(client.request("REGISTER", f"340200000013200{i:05d}", headers=[("Expires", "3600")]))
+        statuses = [(await client.response()) for _ in range(30)]
+        codes = sorted(r.status for r in statuses)
+        assert codes.count(401) >= 5 and 503 in codes
+        assert all(int(r.headers.get("Retry-After") or 0) >= 1 for r in statuses if r.status == 503)
+        assert sample("gb28181_registrations_total", {"result": "overload"}) == before + codes.count(503)
+        client.close()
+
+
+async def test_xml_bomb_and_oversized_body_refused_gateway_keeps_serving(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path, sip={"max_message_size": 16384})) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        assert (await client.register()).status == 200
+        bomb = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
+                b"<Response><CmdType>Catalog</CmdType><SN>1</SN><DeviceID>&b;</DeviceID></Response>")
+        client.send(client.request("MESSAGE", body=bomb, content_type="Application/MANSCDP+xml"))
+        assert (await client.response()).status == 400
+        big = b"<Response><CmdType>Catalog</CmdType><SN>1</SN>" + b"<X>y</X>" * 2500 + b"</Response>"
+        client.send(client.request("MESSAGE", body=big, content_type="Application/MANSCDP+xml"))
+        assert (await client.response()).status == 513
+        client.send(client.request("MESSAGE", body=KEEPALIVE, content_type="Application/MANSCDP+xml"))
+        assert (await client.response()).status == 200
+        client.close()
+
+
+def test_date_format() -> None:
+    assert format_date(0.0)[4] == "-" and len(format_date(1_700_000_000.123)) == 23
+    assert format_date(1_700_000_000.123).endswith(".123")
+
+
+def test_platform_id_constant() -> None:
+    assert PLATFORM.endswith("2000000001")
