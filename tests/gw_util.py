@@ -14,8 +14,17 @@ from prometheus_client import REGISTRY
 from gateway.app import Gateway
 from gateway.config import Config
 from sip import digest
-from sip.message import SipMessage, SipRequest, SipResponse, build_request, build_response, parse_message
-from sip.message import NameAddr, SipUri, Via
+from sip.message import (
+    NameAddr,
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    SipUri,
+    Via,
+    build_request,
+    build_response,
+    parse_message,
+)
 
 PLATFORM = "34020000002000000001"
 DOMAIN = "3402000000"

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from gw_util import DEVICE, PLATFORM, RawClient, make_config, running_gateway, sample
 
 from gateway.devices import format_date
-from gw_util import DEVICE, PLATFORM, RawClient, make_config, running_gateway, sample
 from sip import manscdp
 
 pytestmark = pytest.mark.e2e
