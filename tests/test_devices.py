@@ -170,3 +170,24 @@ def test_date_format() -> None:
 
 def test_platform_id_constant() -> None:
     assert PLATFORM.endswith("2000000001")
+
+
+async def test_restart_keeps_registration_and_online_state(tmp_path: Path) -> None:
+    config = make_config(tmp_path, keepalive_interval=5)
+    async with running_gateway(config) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        assert (await client.register()).status == 200
+        client.close()
+    assert (tmp_path / "gateway.sqlite3").exists()
+    async with running_gateway(config) as gw:
+        dev = gw.devices.get(DEVICE)
+        assert dev is not None
+        assert dev.registered and dev.rec.online  # a healthy device is not flipped offline by a restart
+        assert dev.peer is not None and dev.peer.addr[0] == "127.0.0.1"
+    # A restart after the keepalive deadline has passed restores it registered but offline.
+    short = make_config(tmp_path, keepalive_interval=0.1, keepalive_count=1)
+    await asyncio.sleep(0.2)
+    async with running_gateway(short) as gw:
+        dev = gw.devices.get(DEVICE)
+        assert dev is not None and dev.registered and not dev.rec.online
