@@ -43,6 +43,7 @@ class _StoreComponent:
         self.store = store
 
     async def start(self) -> None:
+        self.store.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         await self.store.open()
 
     async def stop(self) -> None:
