@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from gw_util import DEVICE, make_config, running_gateway
 
 pytestmark = pytest.mark.e2e
