@@ -1,0 +1,203 @@
+"""``gb28181-sim``: simulated GB/T 28181 cameras and NVRs registering to a platform (ours or anyone's).
+
+Lifecycle: parse the flags into a ``SimConfig`` (a bad value prints the problem and exits 2), configure logging
+like the gateway, run on uvloop: start the ``Simulator`` (devices register at ``--rate`` per second), log a status
+line every ``--status-interval`` seconds, and on SIGINT/SIGTERM (or after ``--duration``) unregister every device
+and exit 0. A second signal exits at once with 130.
+
+Exit codes: 0 clean stop, 1 the SIP port could not be opened or every device was refused (403: wrong password,
+not allowed), 2 bad command line, 130 forced by a second signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+import uvloop
+
+from .. import __version__
+from ..logs import configure_logging
+from .config import SimConfig
+from .device import Simulator
+
+__all__ = ["main", "parse_server"]
+
+log = structlog.get_logger("gateway.sim")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_FORCED = 130
+
+_DEFAULTS = SimConfig()
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``HOST`` (port 5060) → (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(f"bad server address {text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:] if rest else "5060"
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, "5060"  # a bare host name, IPv4 or IPv6 address
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise argparse.ArgumentTypeError(f"bad server address {text!r}: expected HOST:PORT")
+    return host, int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = _DEFAULTS
+    parser = argparse.ArgumentParser(
+        prog="gb28181-sim",
+        description="Simulated GB/T 28181 cameras/NVRs: REGISTER with digest, keepalive, and answers to "
+        "DeviceInfo, DeviceStatus and Catalog queries (multi-part catalogs, GB2312 Chinese names). "
+        "All devices of one process share one local SIP port (UDP and TCP).",
+        epilog="Media (INVITE answered with PS over RTP) comes in a later release: --codec is accepted and "
+        "stored but no video is sent yet. Exit codes: 0 clean stop, 1 start failed or every device refused, "
+        "2 bad arguments, 130 forced by a second signal.",
+    )
+    parser.add_argument("--server", metavar="HOST:PORT", type=parse_server, default=d.server,
+                        help="the platform's SIP address (default 127.0.0.1:5060)")
+    parser.add_argument("--devices", metavar="N", type=int, default=d.devices, help="number of devices (default 1)")
+    parser.add_argument("--channels", metavar="M", type=int, default=d.channels,
+                        help=f"video channels per device (default {d.channels})")
+    parser.add_argument("--codec", choices=("h264", "h265"), default=d.codec,
+                        help="video codec of the simulated streams (stored only: media is not sent yet)")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default=d.transport,
+                        help="SIP transport toward the platform (default udp)")
+    parser.add_argument("--password", default=d.password, help="digest password (default: the usual 12345678)")
+    parser.add_argument("--platform-id", default=d.platform_id, help=f"platform ID (default {d.platform_id})")
+    parser.add_argument("--domain", default=d.domain, help=f"platform SIP domain / realm (default {d.domain})")
+    parser.add_argument("--first-id", default=d.first_id,
+                        help=f"ID of the first device; the others increment its serial (default {d.first_id})")
+    parser.add_argument("--keepalive", metavar="S", type=float, default=d.keepalive_interval,
+                        help=f"seconds between keepalives (default {d.keepalive_interval:g})")
+    parser.add_argument("--expires", metavar="S", type=int, default=d.expires,
+                        help=f"registration Expires, refreshed at 2/3 (default {d.expires})")
+    parser.add_argument("--catalog-per-message", metavar="K", type=int, default=d.catalog_per_message,
+                        help=f"catalog items per Response MESSAGE (default {d.catalog_per_message})")
+    parser.add_argument("--catalog-groups", action="store_true",
+                        help="NVR catalog with a business group (215) and virtual organisations (216)")
+    parser.add_argument("--rate", metavar="R", type=float, default=d.register_rate,
+                        help=f"devices started (registering) per second (default {d.register_rate:g})")
+    parser.add_argument("--local-host", metavar="IP", default=None,
+                        help="local address to bind (default 127.0.0.1 for a loopback server, else 0.0.0.0)")
+    parser.add_argument("--local-port", metavar="P", type=int, default=d.local_port,
+                        help="local SIP port, UDP and TCP (default 0: any free port)")
+    parser.add_argument("--duration", metavar="S", type=float, default=None,
+                        help="stop (unregister and exit) after S seconds (default: run until SIGINT/SIGTERM)")
+    parser.add_argument("--status-interval", metavar="S", type=float, default=10.0,
+                        help="seconds between status log lines (default 10; 0 disables)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The ``SimConfig`` the flags describe; raises ``ValueError`` naming every bad value."""
+    host = args.local_host
+    if host is None:
+        host = "127.0.0.1" if _is_loopback(args.server[0]) else "0.0.0.0"
+    return SimConfig(
+        server=args.server, platform_id=args.platform_id, domain=args.domain, password=args.password,
+        transport=args.transport, devices=args.devices, channels=args.channels, first_id=args.first_id,
+        catalog_per_message=args.catalog_per_message, catalog_groups=args.catalog_groups,
+        keepalive_interval=args.keepalive, expires=args.expires, register_rate=args.rate, codec=args.codec,
+        local_host=host, local_port=args.local_port,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator; returns the process exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed what it had to
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        config = config_from_args(args)
+        if args.duration is not None and not args.duration > 0:
+            raise ValueError(f"duration = {args.duration!r}: expected a positive number of seconds")
+        if args.status_interval < 0:
+            raise ValueError(f"status-interval = {args.status_interval!r}: expected 0 or more seconds")
+    except ValueError as exc:
+        print(f"gb28181-sim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.log_level, args.log_format)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_run(config, args.duration, args.status_interval))
+    except KeyboardInterrupt:  # SIGINT before our handler was installed
+        return EXIT_FORCED
+
+
+async def _run(config: SimConfig, duration: float | None, status_interval: float) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.critical("second signal, exiting now", signal=sig.name, exit_code=EXIT_FORCED)
+            sys.stdout.flush()
+            os._exit(EXIT_FORCED)
+        log.info("shutdown requested", signal=sig.name)
+        stop.set()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    sim = Simulator(config)
+    try:
+        try:
+            await sim.start()
+        except OSError as exc:
+            log.error("simulator failed to start", error=str(exc), local_host=config.local_host,
+                      local_port=config.local_port)
+            await sim.stop(unregister=False)
+            return EXIT_FAILURE
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        status = asyncio.create_task(_status(sim, status_interval)) if status_interval > 0 else None
+        await stop.wait()
+        if status is not None:
+            status.cancel()
+        stats = sim.stats()
+        await sim.stop()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    if stats["failed"] == stats["devices"]:
+        log.error("every device was refused", exit_code=EXIT_FAILURE)
+        return EXIT_FAILURE
+    log.info("exiting", exit_code=EXIT_OK)
+    return EXIT_OK
+
+
+async def _status(sim: Simulator, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        log.info("simulator status", **sim.stats())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
