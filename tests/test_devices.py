@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 from gw_util import DEVICE, PLATFORM, RawClient, make_config, running_gateway, sample
 
 from gateway.devices import format_date
+from gateway.sim import SimConfig, Simulator
 from sip import manscdp
 
 pytestmark = pytest.mark.e2e
@@ -191,3 +193,96 @@ async def test_restart_keeps_registration_and_online_state(tmp_path: Path) -> No
     async with running_gateway(short) as gw:
         dev = gw.devices.get(DEVICE)
         assert dev is not None and dev.registered and not dev.rec.online
+
+
+# ------------------------------------------------------------------------------------------------ simulator
+
+
+def sim_config(port: int, **kw: object) -> SimConfig:
+    base: dict[str, object] = {"server": ("127.0.0.1", port), "keepalive_interval": 0.3, "t1": 0.1,
+                               "register_rate": 200, "retry_min": 0.2, "retry_max": 1.0}
+    base.update(kw)
+    return SimConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_simulated_devices_register_stay_online_go_offline_and_return(tmp_path: Path, transport: str) -> None:
+    async with running_gateway(make_config(tmp_path)) as gw:
+        assert gw.sip is not None
+        sim = Simulator(sim_config(gw.sip.port, devices=3, channels=5, transport=transport))
+        await sim.start()
+        try:
+            await sim.wait_registered(timeout=10)
+            ids = [d.device_id for d in sim.devices]
+            await wait_until(lambda: all((d := gw.devices.get(i)) is not None and d.rec.catalog_complete
+                                         for i in ids), timeout=10)
+            for i in ids:
+                dev = gw.devices.get(i)
+                assert dev is not None and dev.rec.online
+                assert dev.peer is not None and dev.peer.transport.value == transport.upper()
+                assert len(dev.channels) == 5 and dev.rec.manufacturer == "gb28181-sim"
+                assert all(ch.kind == "channel" for ch in dev.channels.values())
+            # Keepalives keep them online well past interval x count (0.4 x 3 s).
+            await asyncio.sleep(1.6)
+            assert all(gw.devices.get(i).rec.online for i in ids)  # type: ignore[union-attr]
+            # One camera goes silent: it alone goes offline.
+            silent = sim.devices[0]
+            silent.stop_keepalive()
+            await wait_until(lambda: not gw.devices.get(silent.device_id).rec.online, timeout=5)  # type: ignore[union-attr]
+            assert all(gw.devices.get(i).rec.online for i in ids[1:])  # type: ignore[union-attr]
+            # It speaks again: back online.
+            silent.resume_keepalive()
+            await wait_until(lambda: gw.devices.get(silent.device_id).rec.online, timeout=5)  # type: ignore[union-attr]
+        finally:
+            await sim.stop()
+        # Unregistered on stop.
+        await wait_until(lambda: not any(gw.devices.get(i).registered for i in ids), timeout=5)  # type: ignore[union-attr]
+
+
+async def test_nvr_with_300_channels_lands_complete_in_sqlite_and_survives_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path, keepalive_interval=5, catalog_timeout=10)
+    async with running_gateway(config) as gw:
+        assert gw.sip is not None
+        sim = Simulator(sim_config(gw.sip.port, devices=1, channels=300, catalog_per_message=7,
+                                   catalog_groups=True, keepalive_interval=1))
+        await sim.start()
+        nvr = sim.devices[0].device_id
+        try:
+            await wait_until(lambda: (d := gw.devices.get(nvr)) is not None and d.rec.catalog_complete, timeout=15)
+            dev = gw.devices.get(nvr)
+            assert dev is not None
+            kinds = [ch.kind for ch in dev.channels.values()]
+            assert kinds.count("channel") == 300
+            assert kinds.count("business_group") == 1 and kinds.count("virtual_org") == 2
+            await gw.store.flush()
+        finally:
+            await sim.stop(unregister=False)
+    # Straight from the SQLite file: every item, Chinese names intact.
+    db = sqlite3.connect(tmp_path / "gateway.sqlite3")
+    rows = db.execute("SELECT channel_id, kind, name FROM channels WHERE device_id = ?", (nvr,)).fetchall()
+    db.close()
+    assert len(rows) == 303
+    assert sum(1 for _, kind, _ in rows if kind == "channel") == 300
+    names = {name for _, _, name in rows}
+    assert any("镕" in n or "喆" in n or "堃" in n for n in names), names
+    # A restart keeps the device, its channels and its online state (keepalive deadline not passed).
+    async with running_gateway(config) as gw:
+        dev = gw.devices.get(nvr)
+        assert dev is not None and dev.registered and dev.rec.online
+        assert len(dev.channels) == 303 and dev.rec.catalog_complete
+
+
+async def test_duplicated_and_reordered_catalog_parts_give_one_complete_catalog(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path, keepalive_interval=5)) as gw:
+        assert gw.sip is not None
+        sim = Simulator(sim_config(gw.sip.port, devices=1, channels=40, catalog_per_message=3,
+                                   catalog_shuffle=True, catalog_duplicate=True, keepalive_interval=1))
+        await sim.start()
+        try:
+            device_id = sim.devices[0].device_id
+            await wait_until(lambda: (d := gw.devices.get(device_id)) is not None and d.rec.catalog_complete,
+                             timeout=10)
+            dev = gw.devices.get(device_id)
+            assert dev is not None and len(dev.channels) == 40 and dev.rec.catalog_sum == 40
+        finally:
+            await sim.stop()
