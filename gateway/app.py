@@ -18,6 +18,7 @@ import structlog
 from . import __version__
 from .config import Config, resolve_state_dir
 from .devices import DeviceRegistry
+from .sim import SimConfig, Simulator
 from .sip_router import SipRouter
 from .sip_transport import SipServer
 from .store import Store
@@ -36,6 +37,8 @@ class Component(Protocol):
 
 
 STORE_FILE = "gateway.sqlite3"
+DEMO_DEVICES = 3
+DEMO_CHANNELS = 2
 
 
 class _StoreComponent:
@@ -48,6 +51,35 @@ class _StoreComponent:
 
     async def stop(self) -> None:
         await self.store.close()
+
+
+class _DemoDevices:
+    """``--demo``: simulated cameras in this process, registering to our own SIP port like real ones.
+
+    Video arrives with the live-stream work; today they register, keep alive and answer catalog queries.
+    Their SIP traffic is counted in the gateway's SIP metrics too (they share the process).
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.sim: Simulator | None = None
+
+    async def start(self) -> None:
+        config = self.gateway.config
+        assert self.gateway.sip is not None
+        listen = config.sip.listen
+        host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+        self.sim = Simulator(SimConfig(
+            server=(host, self.gateway.sip.port), platform_id=config.sip.platform_id, domain=config.sip.domain,
+            password=config.sip.password, devices=DEMO_DEVICES, channels=DEMO_CHANNELS,
+            keepalive_interval=min(60.0, config.devices.keepalive_interval), local_host=host,
+        ))
+        await self.sim.start()
+        log.info("demo devices started", devices=[d.device_id for d in self.sim.devices])
+
+    async def stop(self) -> None:
+        if self.sim is not None:
+            await self.sim.stop()
 
 
 class Gateway:
@@ -82,6 +114,8 @@ class Gateway:
             ("devices", self.devices),
             ("sip", self.sip),
         ]
+        if self.demo:
+            components.append(("demo", _DemoDevices(self)))
         return components
 
     async def start(self) -> None:
@@ -95,8 +129,6 @@ class Gateway:
                 await self.stop()
                 raise
             self._started.append((name, component))
-        if self.demo:
-            log.warning("demo mode has no simulators yet")
         # The restored registry is long-lived: keep the cyclic GC from rescanning it on every full collection.
         gc.collect()
         gc.freeze()

@@ -286,3 +286,17 @@ async def test_duplicated_and_reordered_catalog_parts_give_one_complete_catalog(
             assert dev is not None and len(dev.channels) == 40 and dev.rec.catalog_sum == 40
         finally:
             await sim.stop()
+
+
+async def test_demo_mode_devices_register_to_the_gateway(tmp_path: Path) -> None:
+    from gateway.app import DEMO_CHANNELS, DEMO_DEVICES, Gateway
+
+    gw = Gateway(make_config(tmp_path, keepalive_interval=5), demo=True)
+    await gw.start()
+    try:
+        await wait_until(lambda: sum(1 for d in gw.devices.devices.values()
+                                     if d.rec.online and len(d.channels) == DEMO_CHANNELS) == DEMO_DEVICES,
+                         timeout=10)
+    finally:
+        await gw.stop()
+    assert not any(d.registered for d in gw.devices.devices.values())  # unregistered on stop

@@ -285,11 +285,12 @@ def test_daemon_default_state_directory_is_var(tmp_path: Path, daemons: list[Dae
 
 
 @pytest.mark.e2e
-def test_daemon_demo_mode_says_it_has_no_simulators(tmp_path: Path, daemons: list[Daemon]) -> None:
+def test_daemon_demo_mode_starts_simulated_devices(tmp_path: Path, daemons: list[Daemon]) -> None:
     d = Daemon(["--config", str(_write_config(tmp_path)), "--demo"], cwd=tmp_path, env=_env())
     daemons.append(d)
-    assert d.wait_for_event("demo mode has no simulators yet")["level"] == "warning"
+    assert len(d.wait_for_event("demo devices started")["devices"]) == 3
     assert d.wait_for_event("gateway started")["demo"] is True
+    assert d.wait_for_event("device registered")["new"] is True
     d.signal(signal.SIGTERM)
     assert d.wait() == 0
 
