@@ -670,6 +670,8 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
     text = head.decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     start_line = lines[0].rstrip("\r")
+    if "\r" in start_line:
+        raise MalformedMessage("bare CR in start line")
     headers: list[tuple[str, str]] = []
     for raw in lines[1:]:
         line = raw.rstrip("\r")
@@ -679,13 +681,19 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
             if not headers:
                 raise MalformedMessage("continuation line before any header")
             name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}".strip(" \t\r"))
+            joined = f"{value} {line.strip()}".strip(" \t\r")
+            if "\r" in joined:
+                raise MalformedMessage(f"bare CR in {name} header")
+            headers[-1] = (name, joined)
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         if not colon or not name or not _TOKEN_RE.match(name):
             raise MalformedMessage(f"bad header line: {line[:64]!r}")
-        headers.append((name, value.strip(" \t\r")))
+        value = value.strip(" \t\r")
+        if "\r" in value:  # RFC 3261 §7.3.1: CR only in CRLF; copied into a response it would inject a line
+            raise MalformedMessage(f"bare CR in {name} header")
+        headers.append((name, value))
     return start_line, headers
 
 
@@ -875,6 +883,13 @@ class StreamParser:
 # Builders
 
 
+def _check_values(pairs: list[tuple[str, str]]) -> None:
+    """Refuse CR/LF in header values: text from a peer must never inject headers into what we send."""
+    for name, value in pairs:
+        if "\r" in value or "\n" in value:
+            raise LocalProtocolError(f"line break in {name} header value")
+
+
 def build_request(
     method: str,
     uri: str | SipUri,
@@ -904,6 +919,7 @@ def build_request(
     if body and content_type:
         pairs.append(("Content-Type", content_type))
     pairs.append(("Content-Length", str(len(body))))
+    _check_values(pairs)
     return SipRequest(method=method, uri=str(uri), headers=Headers(tuple(pairs)), body=body)
 
 
@@ -941,5 +957,8 @@ def build_response(
     if body and content_type:
         pairs.append(("Content-Type", content_type))
     pairs.append(("Content-Length", str(len(body))))
+    _check_values(pairs)
+    if reason is not None and ("\r" in reason or "\n" in reason):
+        raise LocalProtocolError("reason phrase contains a line break")
     return SipResponse(status=status, reason=reason if reason is not None else reason_phrase(status),
                        headers=Headers(tuple(pairs)), body=body)

@@ -982,8 +982,11 @@ def test_odd_whitespace_in_values_is_idempotent() -> None:
         b"User-Agent:\r\n IP Camera\r\n": "IP Camera",
         b"User-Agent: IP Camera\r\n \r\n": "IP Camera",
         b"User-Agent: IP\r\n \t \r\n\tCamera\r\n": "IP Camera",
-        b"User-Agent: IP\rCamera\r\n": "IP\rCamera",
     }
+    # A CR inside a value is refused: copied into a response it would break the header block.
+    bad = base.replace(b"User-Agent: IP Camera\r\n", b"User-Agent: IP\rCamera\r\n")
+    with pytest.raises(MalformedMessage, match="bare CR in User-Agent header"):
+        parse_message(bad)
     for line, value in cases.items():
         data = base.replace(b"User-Agent: IP Camera\r\n", line)
         msg = parse_message(data)
@@ -1516,3 +1519,20 @@ def test_fuzz_via(text: str) -> None:
 def test_fuzz_split_list(text: str) -> None:
     parts = split_list(text)
     assert all(p and p == p.strip() for p in parts)
+
+
+def test_builders_refuse_header_injection() -> None:
+    import pytest as _pytest
+
+    from sip.errors import LocalProtocolError
+    from sip.message import NameAddr, SipUri, Via, build_request, build_response
+
+    req = build_request("OPTIONS", "sip:a@b", via=Via("UDP", "h", 5060, (("branch", "z9hG4bK1"),)),
+                        from_=NameAddr(SipUri(host="b", user="a"), params=(("tag", "1"),)),
+                        to=NameAddr(SipUri(host="b", user="c")), call_id="x", cseq=1)
+    with _pytest.raises(LocalProtocolError, match="line break in X-Name header value"):
+        build_response(req, 200, headers=[("X-Name", "a\r\nEvil: 1")])
+    with _pytest.raises(LocalProtocolError, match="reason phrase contains a line break"):
+        build_response(req, 400, "bad\r\nEvil: 1")
+    with _pytest.raises(LocalProtocolError):
+        build_request("OPTIONS", "sip:a@b", via=req.top_via, from_=req.from_, to=req.to, call_id="x\ny", cseq=1)

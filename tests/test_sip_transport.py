@@ -278,3 +278,21 @@ async def test_tests_run_on_uvloop() -> None:
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)  # the production loop (tests/conftest.py)
+
+
+async def test_overload_answered_503_with_retry_after() -> None:
+    srv = SipServer(SipConfig(port=0, max_transactions=2, retry_after=7), SipRouter())
+    await srv.start()
+    try:
+        transport, proto = await udp_client()
+        before = dropped("overload")
+        statuses = []
+        for i in range(4):  # completed non-INVITE transactions live on for Timer J: the table fills up
+            transport.sendto(options(branch=f"z9hG4bK-ov{i}", call_id=f"ov{i}"), ("127.0.0.1", srv.port))
+            statuses.append(await recv_response(proto))
+        assert [r.status for r in statuses] == [200, 200, 503, 503]
+        assert statuses[2].headers.get("Retry-After") == "7"
+        assert dropped("overload") == before + 2
+        transport.close()
+    finally:
+        await srv.stop()
