@@ -21,6 +21,7 @@ Header text is decoded as UTF-8 with ``surrogateescape`` so that any byte surviv
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -119,8 +120,9 @@ def reason_phrase(status: int) -> str:
                                        5: "Server Error", 6: "Global Failure"}.get(status // 100, "Unknown"))
 
 
+@functools.lru_cache(maxsize=1024)
 def header_key(name: str) -> str:
-    """Normalise a header name for lookup: lower case, compact forms expanded."""
+    """Normalise a header name for lookup: lower case, compact forms expanded (cached: a hot path)."""
     key = name.strip().lower()
     return COMPACT_FORMS.get(key, key)
 
@@ -238,6 +240,9 @@ def _set_param(
     return tuple(out)
 
 
+_BAD_HOST_RE = re.compile(r'["<>\s]')
+
+
 def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
     text = text.strip()
     if not text:
@@ -259,7 +264,7 @@ def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
         host, colon, port_text = text.partition(":")
         if not colon:
             port_text = ""
-        if not host or any(c in '"<>' or c.isspace() for c in host):
+        if not host or _BAD_HOST_RE.search(host):
             raise MalformedMessage(f"bad host in {what}")
     if port_text == "":
         return host, None
