@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DaemonConfig",
     "DevicesConfig",
+    "MediaConfig",
     "LogConfig",
     "SipConfig",
     "is_loopback",
@@ -324,6 +325,77 @@ class DevicesConfig(_Section):
         return errors
 
 
+_DIALECTS = ("streamnumber", "stream", "streamprofile", "streamMode")
+_TRANSPORTS = ("udp", "udp-single", "tcp-passive", "tcp-active")
+
+
+def _dialect_map() -> _Rule:
+    def pairs(v: Any) -> list[Any]:
+        return list(v.items()) if isinstance(v, Mapping) else list(v) if type(v) is tuple else [None]
+
+    return _Rule(
+        "a table of 20-digit device ID = one of " + ", ".join(repr(d) for d in _DIALECTS),
+        lambda v: all(
+            type(kv) is tuple and len(kv) == 2 and type(kv[0]) is str and _DEVICE_ID.fullmatch(kv[0])
+            and kv[1] in _DIALECTS
+            for kv in pairs(v)
+        ),
+        lambda v: tuple(sorted(pairs(v))),
+    )
+
+
+_IP_OR_EMPTY = _Rule("an IP address, or '' to pick the address on the route toward each device",
+                     lambda v: v == "" or _is_ip_address(v))
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig(_Section):
+    """``[media]``: live streams: where RTP arrives, which transport is asked for, timeouts and linger."""
+
+    TABLE: ClassVar[str] = "media"
+
+    media_ip: str = _field("", _IP_OR_EMPTY)
+    """IP address put in our SDP offers; '' picks the local address on the route toward each device."""
+
+    rtp_port_min: int = _field(30000, _integer(1024, 65535))
+    """First RTP port of the range (one port per stream; single-port mode uses this one)."""
+
+    rtp_port_max: int = _field(30999, _integer(1024, 65535))
+    """Last RTP port of the range; >= rtp_port_min."""
+
+    transport: str = _field("udp", _one_of(*_TRANSPORTS))
+    """Media transport asked of devices: 'udp' (a port per stream), 'udp-single' (one port, by SSRC),
+    'tcp-passive' (we listen, the device connects) or 'tcp-active' (we connect to the device)."""
+
+    invite_timeout: float = _field(8.0, _seconds(120))
+    """Seconds to wait for a device's answer to INVITE before CANCEL."""
+
+    no_media_timeout: float = _field(10.0, _seconds(600))
+    """Seconds after the answer (or after the last frame) without a frame before the stream fails."""
+
+    linger: float = _field(20.0, _seconds(3600))
+    """Seconds a stream keeps running after its last consumer leaves, before BYE."""
+
+    substream_dialect: str = _field("streamnumber", _one_of(*_DIALECTS))
+    """How the sub-stream is asked for in the offer: 'streamnumber' (2022), 'stream', 'streamprofile' (Dahua),
+    'streamMode' (Mercury/TP-Link)."""
+
+    dialects: tuple[tuple[str, str], ...] = _field((), _dialect_map())
+    """Per-device sub-stream dialect (a table: device ID = dialect), overriding ``substream_dialect``."""
+
+    def dialect_for(self, device_id: str) -> str:
+        for key, dialect in self.dialects:
+            if key == device_id:
+                return dialect
+        return self.substream_dialect
+
+    def _cross_check(self, bad: set[str]) -> list[str]:
+        if not bad & {"rtp_port_min", "rtp_port_max"} and self.rtp_port_max < self.rtp_port_min:
+            return [f"media.rtp_port_max = {self.rtp_port_max!r}: expected a port >= media.rtp_port_min"
+                    f" ({self.rtp_port_min!r})"]
+        return []
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig(_Section):
     """``[log]``: what is logged and how it is rendered."""
@@ -359,6 +431,9 @@ class Config:
 
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     """``[devices]``: registration, keepalive and query policy."""
+
+    media: MediaConfig = field(default_factory=MediaConfig)
+    """``[media]``: live streams (RTP ports, transport, timeouts, linger)."""
 
     log: LogConfig = field(default_factory=LogConfig)
     """``[log]``: log level and format."""
