@@ -92,7 +92,39 @@ for _result in REGISTRATION_RESULTS:
     REGISTRATIONS.labels(_result)
 for _result in ("ok", "unregistered"):
     KEEPALIVES.labels(_result)
-for _reason in ("keepalive_timeout", "expired", "unregistered"):
-    DEVICE_OFFLINE.labels(_reason)
+for _offline in ("keepalive_timeout", "expired", "unregistered"):
+    DEVICE_OFFLINE.labels(_offline)
 for _kind in ("channel", "business_group", "virtual_org"):
     CHANNELS.labels(_kind)
+
+# ---------------------------------------------------------------------------------------------- streams
+STREAMS_ACTIVE = Gauge("gb28181_streams_active", "Live stream sessions (camera streams being received)")
+STREAM_FIRST_FRAME_SECONDS = Histogram(
+    "gb28181_stream_first_frame_seconds", "From sending INVITE to the first complete frame",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 10, 15),
+)
+STREAM_FAILURES = Counter("gb28181_stream_failures_total", "Streams that failed to start or broke, by reason",
+                          ["reason"])
+for _failure in ("offline_or_refused", "no_answer", "no_media", "refused", "other"):
+    STREAM_FAILURES.labels(_failure)
+
+# ---------------------------------------------------------------------------------------------- fan-out
+GOP_CACHE_DROP_REASONS = ("max_bytes", "max_units")
+GOP_CACHE_DROPPED = Counter(
+    "gb28181_gop_cache_dropped_total",
+    "GOPs dropped from the GOP cache because they outgrew its bounds (the cache then waits for a keyframe)",
+    ["reason"],
+)
+FANOUT_SKIPPED_UNITS = Counter(
+    "gb28181_fanout_skipped_units_total",
+    "Access units consumers missed because they fell behind and skipped to the next keyframe",
+)
+FANOUT_SKIPS = Counter(
+    "gb28181_fanout_skips_total", "Times a consumer fell behind and skipped to the next keyframe",
+)
+FANOUT_KEYFRAME_REQUESTS = Counter(
+    "gb28181_fanout_keyframe_requests_total",
+    "Keyframe requests (IFrameCmd) made because consumers waited and no keyframe was cached",
+)
+for _gop_reason in GOP_CACHE_DROP_REASONS:
+    GOP_CACHE_DROPPED.labels(_gop_reason)

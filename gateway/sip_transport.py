@@ -151,13 +151,32 @@ class SipServer:
 
     async def request(self, request: SipRequest, peer: Peer) -> SipResponse:
         """Send ``request`` and wait for its final response; raises ``SipTimeout`` on Timer B/F."""
-        fut: asyncio.Future[SipResponse] = self._loop.create_future()
-        key = self.send(request, peer)
-        self._pending[key] = fut
+        key, fut = self.start_request(request, peer)
         try:
             return await fut
         finally:
             self._pending.pop(key, None)
+
+    def start_request(self, request: SipRequest, peer: Peer) -> tuple[object, asyncio.Future[SipResponse]]:
+        """Send ``request``; return its transaction key (for ``cancel``) and a future of the final response.
+
+        The future is forgotten once resolved; a caller that abandons it should call ``forget(key)``.
+        """
+        fut: asyncio.Future[SipResponse] = self._loop.create_future()
+        key = self.send(request, peer)
+        self._pending[key] = fut
+        fut.add_done_callback(lambda _f: self._pending.pop(key, None))
+        return key, fut
+
+    def cancel(self, key: object) -> None:
+        """CANCEL a pending INVITE (RFC 3261 §9.1); its future then gets the 487 (or a 2xx if it raced)."""
+        self.endpoint.cancel(key, self._loop.time())  # type: ignore[arg-type]
+        self._transmit()
+
+    def send_stateless(self, message: SipRequest | SipResponse, peer: Peer) -> None:
+        """Send once, outside any transaction (the ACK for a 2xx)."""
+        self.endpoint.send_stateless(message, peer)
+        self._transmit()
 
     # ---------------------------------------------------------------------------------------------- receiving
     def _datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
