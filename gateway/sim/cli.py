@@ -1,12 +1,14 @@
 """``gb28181-sim``: simulated GB/T 28181 cameras and NVRs registering to a platform (ours or anyone's).
 
 Lifecycle: parse the flags into a ``SimConfig`` (a bad value prints the problem and exits 2), configure logging
-like the gateway, run on uvloop: start the ``Simulator`` (devices register at ``--rate`` per second), log a status
-line every ``--status-interval`` seconds, and on SIGINT/SIGTERM (or after ``--duration``) unregister every device
-and exit 0. A second signal exits at once with 130.
+like the gateway, run on uvloop: prepare the media (encode the clip once, or index the ``--replay`` capture; a
+capture that cannot be read exits 2, a missing encoder 1), start the ``Simulator`` (devices register at
+``--rate`` per second), log a status line every ``--status-interval`` seconds, and on SIGINT/SIGTERM (or after
+``--duration``) unregister every device and exit 0. A second signal exits at once with 130.
 
-Exit codes: 0 clean stop, 1 the SIP port could not be opened or every device was refused (403: wrong password,
-not allowed), 2 bad command line, 130 forced by a second signal.
+Exit codes: 0 clean stop, 1 the SIP port could not be opened, the video encoder is missing (libx265 is optional in
+PyAV builds) or every device was refused (403: wrong password, not allowed), 2 bad command line (an unreadable
+``--replay`` file included), 130 forced by a second signal.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from .. import __version__
 from ..logs import configure_logging
 from .config import SimConfig
 from .device import Simulator
+from .media import make_source
+from .source import load_capture
 
 __all__ = ["main", "parse_server"]
 
@@ -72,9 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Simulated GB/T 28181 cameras/NVRs: REGISTER with digest, keepalive, and answers to "
         "DeviceInfo, DeviceStatus and Catalog queries (multi-part catalogs, GB2312 Chinese names). "
         "All devices of one process share one local SIP port (UDP and TCP).",
-        epilog="Media (INVITE answered with PS over RTP) comes in a later release: --codec is accepted and "
-        "stored but no video is sent yet. Exit codes: 0 clean stop, 1 start failed or every device refused, "
-        "2 bad arguments, 130 forced by a second signal.",
+        epilog="Media: INVITEs to a channel are answered 200 OK and PS over RTP is streamed as the offer asks "
+        "(UDP, TCP with a=setup:passive (we connect) or active (we listen); RFC 4571 framing on TCP), with "
+        "the offer's SSRC, until BYE. The video is a generated clip (moving pattern and a clock, --codec, "
+        "--width/--height/--fps, keyframe every second) with G.711A audio, encoded once per process and "
+        "looped; or --replay loops a *.lenpfx.rtp capture. Playback control (INFO), alarms and PTZ come in "
+        "a later release. Exit codes: 0 clean stop, 1 start failed (SIP port, media encoder) or every device "
+        "refused, 2 bad arguments, 130 forced by a second signal.",
     )
     parser.add_argument("--server", metavar="HOST:PORT", type=parse_server, default=d.server,
                         help="the platform's SIP address (default 127.0.0.1:5060)")
@@ -82,7 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels", metavar="M", type=int, default=d.channels,
                         help=f"video channels per device (default {d.channels})")
     parser.add_argument("--codec", choices=("h264", "h265"), default=d.codec,
-                        help="video codec of the simulated streams (stored only: media is not sent yet)")
+                        help=f"video codec of the generated streams (default {d.codec})")
+    parser.add_argument("--width", metavar="W", type=int, default=d.width,
+                        help=f"width of the generated video, even, up to 640 (default {d.width})")
+    parser.add_argument("--height", metavar="H", type=int, default=d.height,
+                        help=f"height of the generated video, even, up to 360 (default {d.height})")
+    parser.add_argument("--fps", metavar="F", type=int, default=d.fps,
+                        help=f"frame rate of the generated video (default {d.fps})")
+    parser.add_argument("--replay", metavar="FILE.lenpfx.rtp", default=None,
+                        help="stream this capture (2-byte length-prefixed RTP packets, looped) instead of the "
+                        "generated clip")
+    parser.add_argument("--replay-speed", metavar="X", type=float, default=d.replay_speed,
+                        help="replay pace relative to the capture's timestamps (default 1)")
     parser.add_argument("--transport", choices=("udp", "tcp"), default=d.transport,
                         help="SIP transport toward the platform (default udp)")
     parser.add_argument("--password", default=d.password, help="digest password (default: the usual 12345678)")
@@ -125,6 +144,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         catalog_per_message=args.catalog_per_message, catalog_groups=args.catalog_groups,
         keepalive_interval=args.keepalive, expires=args.expires, register_rate=args.rate, codec=args.codec,
         local_host=host, local_port=args.local_port,
+        width=args.width, height=args.height, fps=args.fps, replay=args.replay,  # media
+        replay_speed=args.replay_speed,
     )
 
 
@@ -140,6 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"duration = {args.duration!r}: expected a positive number of seconds")
         if args.status_interval < 0:
             raise ValueError(f"status-interval = {args.status_interval!r}: expected 0 or more seconds")
+        if config.replay is not None:
+            try:
+                load_capture(config.replay)
+            except OSError as exc:
+                raise ValueError(f"replay = {config.replay!r}: {exc.strerror or exc}") from None
+            except ValueError as exc:
+                raise ValueError(f"replay: {exc}") from None
     except ValueError as exc:
         print(f"gb28181-sim: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -166,6 +194,14 @@ async def _run(config: SimConfig, duration: float | None, status_interval: float
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        source = await make_source(config)  # encoded (or indexed) once, before any INVITE can arrive
+    except RuntimeError as exc:
+        log.error("media unavailable", error=str(exc))
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        return EXIT_FAILURE
+    log.info("media ready", source=source.description)
     sim = Simulator(config)
     try:
         try:

@@ -106,7 +106,7 @@ class SimConfig:
     """Charset declared in (and used to encode) MANSCDP bodies: GB2312, GB18030 or UTF-8."""
 
     codec: str = "h264"
-    """Video codec of the (future) media streams: h264 or h265. Stored only: media comes later."""
+    """Video codec of the generated media streams: h264 or h265 (libx265 must be in PyAV's build)."""
 
     manufacturer: str = "gb28181-sim"
     """DeviceInfo and catalog Manufacturer."""
@@ -137,6 +137,61 @@ class SimConfig:
 
     seed: int | None = None
     """Seed of the simulator's random generator (cnonces, jitter, shuffles); None: unpredictable."""
+
+    # --- media (gateway/sim/media.py, gateway/sim/source.py) -------------------------------------------------
+    width: int = 320
+    """Width of the generated video (even, up to 640)."""
+
+    height: int = 240
+    """Height of the generated video (even, up to 360)."""
+
+    fps: int = 25
+    """Frame rate of the generated video; also its GOP (one keyframe per second)."""
+
+    clip_seconds: int = 10
+    """Length of the generated clip, encoded once per process and looped with continuous timestamps."""
+
+    audio: bool = True
+    """Send G.711A audio (8 kHz) with the generated video."""
+
+    audio_frame_ms: int = 40
+    """Duration of one G.711A access unit: 20 or 40 ms."""
+
+    rtp_payload: int = 1400
+    """Bytes of PS per RTP packet."""
+
+    replay: str | None = None
+    """A ``*.lenpfx.rtp`` capture to replay (SSRC, sequence and timestamps rewritten) instead of the clip."""
+
+    replay_speed: float = 1.0
+    """Pace of the replay relative to its timestamps (2.0: twice as fast)."""
+
+    loss: float = 0.0
+    """Misbehaviour for tests: fraction of RTP packets not sent (each device's initial setting)."""
+
+    reorder: float = 0.0
+    """Misbehaviour for tests: fraction of RTP packets sent after the next one."""
+
+    duplicate: float = 0.0
+    """Misbehaviour for tests: fraction of RTP packets sent twice."""
+
+    garbage: float = 0.0
+    """Misbehaviour for tests: fraction of frames followed by 1-3 random datagrams."""
+
+    wrong_ssrc: bool = False
+    """Misbehaviour for tests: send another SSRC than the ``y=`` answered (which echoes the offer's)."""
+
+    change_ssrc: bool = False
+    """Answer ``y=`` with another SSRC than the offer's and send that one (legal: the platform must follow)."""
+
+    no_media: bool = False
+    """Misbehaviour for tests: answer INVITEs 200 but send no media."""
+
+    answer_delay: float = 0.0
+    """Misbehaviour for tests: seconds before answering an INVITE (100 Trying goes at once)."""
+
+    reject: int = 0
+    """Misbehaviour for tests: answer INVITEs with this status (e.g. 486, 488) instead of 200; 0: accept."""
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -181,8 +236,33 @@ class SimConfig:
             errors.append(f"local_host = {self.local_host!r}: expected an IP address")
         if not 0 <= self.local_port < 65536:
             errors.append(f"local_port = {self.local_port!r}: expected 0-65535")
+        errors += self._media_errors()
         if errors:
             raise ValueError("; ".join(errors))
+
+    def _media_errors(self) -> list[str]:
+        """The media fields' problems (limits of ``gateway.sim.source`` and ``gateway.sim.media``)."""
+        errors: list[str] = []
+        if not (16 <= self.width <= 640 and 16 <= self.height <= 360) or self.width % 2 or self.height % 2:
+            errors.append(f"size = {self.width}x{self.height}: expected even sizes from 16x16 to 640x360")
+        if not 1 <= self.fps <= 60:
+            errors.append(f"fps = {self.fps!r}: expected 1-60")
+        if not 1 <= self.clip_seconds <= 60:
+            errors.append(f"clip_seconds = {self.clip_seconds!r}: expected 1-60")
+        if self.audio_frame_ms not in (20, 40):
+            errors.append(f"audio_frame_ms = {self.audio_frame_ms!r}: expected 20 or 40")
+        if not 64 <= self.rtp_payload <= 65000:
+            errors.append(f"rtp_payload = {self.rtp_payload!r}: expected 64-65000 bytes")
+        if not self.replay_speed > 0:
+            errors.append(f"replay_speed = {self.replay_speed!r}: expected a positive number")
+        for name in ("loss", "reorder", "duplicate", "garbage"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                errors.append(f"{name} = {getattr(self, name)!r}: expected a fraction from 0 to 1")
+        if not 0.0 <= self.answer_delay <= 3600:
+            errors.append(f"answer_delay = {self.answer_delay!r}: expected 0-3600 seconds")
+        if self.reject and not 300 <= self.reject <= 699:
+            errors.append(f"reject = {self.reject!r}: expected 0 or a status from 300 to 699")
+        return errors
 
     @property
     def device_model(self) -> str:

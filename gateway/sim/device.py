@@ -28,7 +28,10 @@ Queries (``MESSAGE`` ``<Query>``: DeviceInfo, DeviceStatus, Catalog) are answere
 of ``CATALOG_WINDOW`` outstanding transactions). Test hooks make a device misbehave: ``catalog_shuffle``,
 ``catalog_duplicate``, ``wrong_password`` (attributes) and ``stop_keepalive()``.
 
-Extending (media, alarms, PTZ): add a method to ``SimDevice.request_handlers`` (``"INVITE"``, ``"BYE"``...; the
+Media (``gateway.sim.media``): each device's ``media`` (``DeviceMedia``) answers INVITE, ACK and BYE for its
+channels and streams PS over RTP; the simulator routes ``RequestCancelled`` (CANCEL) to it.
+
+Extending (alarms, PTZ): add a method to ``SimDevice.request_handlers`` (``"INVITE"``, ``"BYE"``...; the
 simulator routes every method of ``Simulator.ROUTED_METHODS``) or a ``(root, CmdType)`` to
 ``SimDevice.manscdp_handlers`` (``("control", "devicecontrol")``); send device-originated bodies with
 ``send_manscdp`` (``("Notify", "Alarm", fields)``) and run background work with ``spawn``.
@@ -51,7 +54,7 @@ import structlog
 
 from sip import manscdp
 from sip.digest import Challenge, authorization_for
-from sip.endpoint import Peer, RequestReceived, Transport
+from sip.endpoint import Peer, RequestCancelled, RequestReceived, SipEvent, Transport
 from sip.errors import MalformedMessage, NotFound, UnsupportedMediaType
 from sip.message import NameAddr, SipRequest, SipResponse, SipUri, Via, build_request, build_response
 
@@ -62,6 +65,7 @@ from ..sip_router import SipRouter
 from ..sip_transport import SipServer, SipTimeout
 from .catalog import Item, catalog_ids, catalog_items, device_name, split_parts
 from .config import SimConfig, channel_id
+from .media import DeviceMedia
 
 __all__ = ["RegState", "SimConfig", "SimDevice", "Simulator"]
 
@@ -179,6 +183,8 @@ class SimDevice:
             ("query", "devicestatus"): self._on_device_status,
             ("query", "catalog"): self._on_catalog,
         }
+        # Media (gateway/sim/media.py): registers the INVITE, ACK and BYE handlers; sessions and counters.
+        self.media = DeviceMedia(self)
 
         self._call_id = ""
         self._from_tag = ""
@@ -201,7 +207,7 @@ class SimDevice:
 
     @property
     def codec(self) -> str:
-        """``h264`` or ``h265``: what the media of a later issue will send."""
+        """``h264`` or ``h265``: the video codec of the generated streams."""
         return self.config.codec
 
     @property
@@ -629,6 +635,7 @@ class Simulator:
         self.router = SipRouter(user_agent=USER_AGENT)
         for method in self.ROUTED_METHODS:
             self.router.on_method(method, self._dispatch)
+        self.router.on_event(self._on_event)  # media: CANCEL of a pending INVITE (gateway/sim/media.py)
         self.server: SipServer | None = None
         self.platform: Peer | None = None
         self.local_ip = config.local_host
@@ -750,6 +757,7 @@ class Simulator:
             "failed": states[RegState.FAILED.value],
             "keepalives_ok": sum(d.keepalives_ok for d in self.devices),
             "queries_answered": sum(sum(d.queries.values()) for d in self.devices),
+            "streams": sum(len(d.media.sessions) for d in self.devices),  # media: live INVITE sessions
         }
 
     # ------------------------------------------------------------------------------------------ routing
@@ -765,3 +773,11 @@ class Simulator:
             raise NotFound("Unknown Device")
         device.handle_request(server, ev)
 
+    def _on_event(self, server: SipServer, ev: SipEvent) -> None:
+        """Media: a CANCELled INVITE goes to the device it was addressed to (which answers it 487)."""
+        if isinstance(ev, RequestCancelled):
+            req = ev.invite
+            for user in (req.request_uri.user, req.to.uri.user):
+                if user and (device := self._by_id.get(user)) is not None:
+                    device.media.on_cancel(server, ev)
+                    return
