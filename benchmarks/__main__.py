@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import media_bench, sip_bench
+from . import devices_bench, media_bench, sip_bench
 
 
 def main() -> None:
@@ -13,6 +13,7 @@ def main() -> None:
     args = parser.parse_args()
     sip_bench.main(quick=args.quick)
     media_bench.main(quick=args.quick)
+    devices_bench.main(quick=args.quick)
 
 
 if __name__ == "__main__":

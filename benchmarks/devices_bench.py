@@ -18,7 +18,9 @@ transaction lives 64 x T1 = 32 s after its answer, so a flood keeps tens of thou
    ``WINDOW``); gateway CPU per 1,000 keepalives and the projection for 10,000 devices at one keepalive per 60 s
    (166.7/s) against the target of 5 % of one core. Baseline: the echo server on the same datagrams.
 3. **Memory and idle CPU**: gateway RSS after start, after every device is registered and synced (server
-   transactions still alive), and (full run) once they have expired: MB and KB per device. Then the simulator's own
+   transactions still alive), and (full run) once they have expired: MB and KB per device; beside it, after
+   ``gc.collect()`` and ``malloc_trim(0)``, the bytes in pymalloc blocks in use (what is live, against what the
+   allocator keeps from the storm's peak of transactions). Then the simulator's own
    keepalives at a scaled-down interval: CPU share with none (background: the offline watch, the store) and with
    them, scaled to a 60 s interval.
 
@@ -57,6 +59,7 @@ WARMUP_FIRST_ID = "34020000001320900001"  # a separate serial range: warm-up dev
 CHANNELS = 4
 WINDOW = 64
 SIM_SHARD = 1000
+BASELINE_OPS = 50_000  # datagrams per baseline figure at least: the echo's CPU is read in 10 ms ticks
 TARGET_DEVICES = 10_000
 TARGET_INTERVAL = 60.0
 TARGET_SHARE = 5.0  # % of one core
@@ -126,12 +129,30 @@ class _Commands:
 
 
 # ------------------------------------------------------------------------------------------------ gateway process
-def gateway_main(reply_fd: int, state_dir: str, queries: bool, profile: str = "") -> None:
-    uvloop.run(_gateway(reply_fd, state_dir, queries, profile))
+def pymalloc_in_use() -> int:
+    """Bytes in allocated pymalloc blocks (objects up to 512 bytes: most of a registry), from
+    ``sys._debugmallocstats()``, which writes to the C stderr: fd 2 is pointed at a temp file meanwhile."""
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        m = re.search(rb"# bytes in allocated blocks\s*=\s*([\d,]+)", f.read())
+    return int(m.group(1).replace(b",", b"")) if m else 0
 
 
-async def _gateway(reply_fd: int, state_dir: str, queries: bool, profile: str) -> None:
+def gateway_main(reply_fd: int, state_dir: str, queries: bool, profile: str = "", devices: str = "{}") -> None:
+    uvloop.run(_gateway(reply_fd, state_dir, queries, profile, json.loads(devices)))
+
+
+async def _gateway(reply_fd: int, state_dir: str, queries: bool, profile: str, devices: dict[str, Any]) -> None:
     import cProfile
+    import ctypes
+    import gc
 
     from prometheus_client import REGISTRY
 
@@ -154,7 +175,7 @@ async def _gateway(reply_fd: int, state_dir: str, queries: bool, profile: str) -
         DeviceRegistry.request_sync = lambda self, device_id: None  # type: ignore[method-assign]
     config = Config.from_mapping({
         "sip": {"port": 0, "source_rate_limit": 0, "udp_queue_size": 65536, "max_transactions": 1_000_000},
-        "devices": {"register_rate": 100_000},
+        "devices": {"register_rate": 100_000, **devices},
         "daemon": {"state_dir": state_dir},
     })
     gw = Gateway(config)
@@ -182,6 +203,18 @@ async def _gateway(reply_fd: int, state_dir: str, queries: bool, profile: str) -
                 "keepalives_refused": sample("gb28181_keepalives_total", result="unregistered"),
                 "store_pending": gw.store.pending}
 
+    def trim() -> dict[str, Any]:
+        # What is live, against what the allocators keep: collect, then hand free heap pages back to the OS.
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        return {"pymalloc": pymalloc_in_use()}
+
+    def heap() -> dict[str, Any]:
+        return {"pymalloc": pymalloc_in_use()}
+
     def prof(action: str) -> dict[str, Any]:
         if action == "on":
             profiler.enable()
@@ -190,7 +223,8 @@ async def _gateway(reply_fd: int, state_dir: str, queries: bool, profile: str) -
             profiler.dump_stats(profile)
         return {}
 
-    commands = _Commands(reply_fd, {"progress": progress, "stats": stats, "profile": prof})
+    commands = _Commands(reply_fd, {"progress": progress, "stats": stats, "heap": heap, "trim": trim,
+                                   "profile": prof})
     commands.reply({"port": sip.port})
     await commands.done.wait()
     os._exit(0)  # the figures are taken; a clean stop of 10,000 devices is not what is measured
@@ -289,8 +323,10 @@ class Child:
         os.close(self.fd)
 
 
-def start_gateway(state_dir: str, queries: bool, profile: str = "") -> Child:
-    return Child(f"import benchmarks.devices_bench as b; b.gateway_main(FD, {state_dir!r}, {queries}, {profile!r})")
+def start_gateway(state_dir: str, queries: bool, profile: str = "", **devices: Any) -> Child:
+    """A gateway child; ``devices`` overrides ``[devices]`` keys (experiments, e.g. ``query_concurrency=64``)."""
+    return Child(f"import benchmarks.devices_bench as b; "
+                 f"b.gateway_main(FD, {state_dir!r}, {queries}, {profile!r}, {json.dumps(devices)!r})")
 
 
 def start_sim(port: int, devices: int, keepalive: float) -> Child:
@@ -484,7 +520,6 @@ class Measured:
     gw_us: float           # gateway CPU µs per operation
     gw_share: float        # gateway CPU / wall time
     load_share: float      # load generator CPU / wall time
-    note: str = ""
 
 
 def measure_load(pid: int, fn: Any, *args: Any, per: int = 1) -> tuple[Measured, Load]:
@@ -528,6 +563,7 @@ def main(quick: bool = False, profile: str = "") -> None:
             port = gw.hello["port"]
             time.sleep(0.5)
             rss_start = rss_mb(gw.pid)
+            heap_start = gw.ask("heap")["pymalloc"] / 2**20
 
             # ---- 1b. registrations with queries, driven by the simulator
             sim = start_sim(port, n, interval)
@@ -568,14 +604,16 @@ def main(quick: bool = False, profile: str = "") -> None:
             finally:
                 pure_gw.close()
 
-            # ---- baselines: the bare echo on the same datagrams
+            # ---- baselines: the bare echo on the same datagrams (at least BASELINE_OPS: /proc counts 10 ms ticks)
             ka_datagrams = keepalive_datagrams(ids, keepalives)
+            base_reg_dgrams = register_datagrams(device_ids(FIRST_ID, max(n, BASELINE_OPS // 2)))
+            base_ka_dgrams = keepalive_datagrams(ids, max(keepalives, BASELINE_OPS))
             echo, echo_port = start_echo()
             try:
                 run_client(echo_port, _Window(register_datagrams(device_ids(WARMUP_FIRST_ID, warmup))))
-                base_reg, _ = measure_load(echo.pid, run_client, echo_port, _Window(register_datagrams(ids)), per=2)
+                base_reg, _ = measure_load(echo.pid, run_client, echo_port, _Window(base_reg_dgrams), per=2)
                 run_client(echo_port, _Window(ka_datagrams[:2000]))
-                base_ka, _ = measure_load(echo.pid, run_client, echo_port, _Window(ka_datagrams))
+                base_ka, _ = measure_load(echo.pid, run_client, echo_port, _Window(base_ka_dgrams))
             finally:
                 echo.terminate()
                 echo.wait(10)
@@ -587,6 +625,8 @@ def main(quick: bool = False, profile: str = "") -> None:
                 wait_until(lambda: gw.ask("progress")["txns"] < 100, max(0.0, 40 - (time.monotonic() - t_end)), 0.5)
                 txns_steady = gw.ask("progress")["txns"]
                 rss_steady = rss_mb(gw.pid)
+            heap_end = gw.ask("trim")["pymalloc"] / 2**20
+            rss_trimmed = rss_mb(gw.pid)
 
             # ---- 3b. idle CPU: no keepalives, then the simulator's keepalives every `interval` s
             c0, t1 = cpu_seconds(gw.pid), time.monotonic()
@@ -640,7 +680,7 @@ def main(quick: bool = False, profile: str = "") -> None:
     per_s = TARGET_DEVICES / TARGET_INTERVAL
     share = per_s * ka.gw_us / 1e6 * 100
     verdict = "OK" if share < TARGET_SHARE else "OVER"
-    print(f"keepalive: {ka.gw_us / 1000 * 1000:.1f} ms gateway CPU per 1,000 keepalives; "
+    print(f"keepalive: {ka.gw_us:.1f} ms gateway CPU per 1,000 keepalives; "
           f"{TARGET_DEVICES:,} devices every {TARGET_INTERVAL:g} s = {per_s:.1f}/s → {share:.2f} % of one core "
           f"(target < {TARGET_SHARE:g} %: {verdict})")
     mem = f"memory: RSS {rss_start:.1f} MB at start, {rss_sync:.1f} MB with {n:,} registered + synced " \
@@ -650,6 +690,10 @@ def main(quick: bool = False, profile: str = "") -> None:
         per_dev = (rss_steady - rss_start) * 1024 / n
         mem += f", {rss_steady:.1f} MB once expired ({txns_steady} left)"
     print(f"{mem} → {per_dev:.1f} KB per device")
+    print(f"        after gc.collect() + malloc_trim(0){'' if rss_steady else ' (transactions alive)'}: RSS "
+          f"{rss_trimmed:.1f} MB → {(rss_trimmed - rss_start) * 1024 / n:.1f} KB per device; live small objects "
+          f"(pymalloc blocks in use) {heap_start:.1f} → {heap_end:.1f} MB → {(heap_end - heap_start) * 1024 / n:.1f}"
+          f" KB per device")
     scaled = quiet_share + (active_share - quiet_share) * interval / TARGET_INTERVAL
     print(f"idle: gateway {quiet_share:.2%} of a core with no keepalives, {active_share:.2%} with the simulator's "
           f"keepalives every {interval:g} s ({idle_ka_rate:,.0f}/s; simulator {sim_active_share:.0%}) "
