@@ -22,6 +22,7 @@ from .sim import SimConfig, Simulator
 from .sip_router import SipRouter
 from .sip_transport import SipServer
 from .store import Store
+from .streams import StreamManager
 
 __all__ = ["Component", "Gateway"]
 
@@ -93,6 +94,7 @@ class Gateway:
         self.router = SipRouter(max_body_size=config.sip.max_message_size)
         self.store = Store(resolve_state_dir(config) / STORE_FILE)
         self.devices = DeviceRegistry(config, self.router, self.store)
+        self.streams = StreamManager(config, self.devices, self.router)
         self.sip: SipServer | None = None
 
     @property
@@ -108,10 +110,12 @@ class Gateway:
         """
         self.sip = SipServer(self.config.sip, self.router)
         self.devices.attach(self.sip)
+        self.streams.attach(self.sip)
         # The registry restores its state before the SIP port opens, so no device meets an empty registry.
         components: list[tuple[str, Component]] = [
             ("store", _StoreComponent(self.store)),
             ("devices", self.devices),
+            ("streams", self.streams),
             ("sip", self.sip),
         ]
         if self.demo:

@@ -128,3 +128,58 @@ FANOUT_KEYFRAME_REQUESTS = Counter(
 )
 for _gop_reason in GOP_CACHE_DROP_REASONS:
     GOP_CACHE_DROPPED.labels(_gop_reason)
+
+# ---------------------------------------------------------------------------------------------- media ingest
+class RtpDrop(enum.Enum):
+    """Why a datagram (or RTP packet over TCP) on a media port did not reach a demuxer."""
+
+    WRONG_SOURCE = "wrong_source"  # from a host the stream does not expect (or routed to no stream)
+    WRONG_SSRC = "wrong_ssrc"      # from the expected host, with an SSRC the stream does not follow
+    RTCP = "rtcp"                  # RTCP on the RTP port (RFC 5761 demultiplexing): not media
+    MALFORMED = "malformed"        # not a valid RTP packet
+    LATE = "late"                  # arrived after the reorder buffer had given its slot up
+    DUPLICATE = "duplicate"        # a sequence number already received
+    STRAY = "stray"                # a far sequence jump not confirmed by its successor (RFC 3550 §A.1 probe)
+    OVERFLOW = "overflow"          # a bounded ingest buffer was full (detection, TS pipe, runaway frame)
+
+
+class PayloadKind(enum.Enum):
+    """What an RTP stream carries, as detected from its first packets."""
+
+    UNKNOWN = "unknown"
+    PS = "ps"        # MPEG-2 program stream (GB/T 28181, PT 96)
+    TS = "ts"        # MPEG-2 transport stream (RFC 2250, PT 33)
+    H264 = "h264"    # raw H.264 (RFC 6184, PT 98)
+
+
+class NoMediaReason(enum.Enum):
+    """Why a stream shows no frames (``gateway.ingest.RtpReceiver.diagnosis``)."""
+
+    NO_PACKETS = "no_packets"
+    WRONG_SOURCE = "wrong_source"
+    WRONG_SSRC = "wrong_ssrc"
+    UNDECODABLE = "undecodable"
+
+
+# Hot-path counts are summed per stream and added here about once a second (a prometheus_client ``inc`` costs
+# about as much as parsing the packet), so these lag by up to a second.
+RTP_PACKETS = Counter("gb28181_rtp_packets_total", "RTP packets accepted for a media stream (all transports)")
+RTP_BYTES = Counter("gb28181_rtp_bytes_total", "Bytes of accepted RTP packets, headers included")
+RTP_DROPPED = Counter("gb28181_rtp_dropped_total", "Media-port packets dropped before demuxing, by reason",
+                      ["reason"])
+RTP_LOST = Counter("gb28181_rtp_lost_total", "RTP sequence numbers given up as lost by the reorder buffers")
+RTP_REORDERED = Counter("gb28181_rtp_reordered_total", "RTP packets that arrived out of order, in time")
+INGEST_FRAMES = Counter("gb28181_ingest_frames_total", "Access units demuxed from RTP streams, by payload kind",
+                        ["payload"])
+INGEST_NO_MEDIA = Counter("gb28181_ingest_no_media_total", "Streams given up for lack of media, by diagnosis",
+                          ["reason"])
+RTP_PORTS_IN_USE = Gauge("gb28181_rtp_ports_in_use", "Media ports currently held by streams")
+RTP_PORTS_EXHAUSTED = Counter("gb28181_rtp_ports_exhausted_total", "Port allocations refused: range exhausted")
+
+for _drop in RtpDrop:
+    RTP_DROPPED.labels(_drop.value)
+for _payload in PayloadKind:
+    if _payload is not PayloadKind.UNKNOWN:
+        INGEST_FRAMES.labels(_payload.value)
+for _why in NoMediaReason:
+    INGEST_NO_MEDIA.labels(_why.value)

@@ -1,0 +1,135 @@
+"""Live streams end to end: the gateway INVITEs a simulated camera and receives PS over RTP, per transport."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import av
+import pytest
+from gw_util import make_config, running_gateway
+
+from gateway.sim import SimConfig, Simulator
+from gateway.streams import StreamError
+from media.frames import Codec
+
+pytestmark = pytest.mark.e2e
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def config(tmp_path: Path, transport: str = "udp", **media: object):  # type: ignore[no-untyped-def]
+    base = make_config(tmp_path, keepalive_interval=5)
+    from dataclasses import replace
+
+    from gateway.config import MediaConfig
+
+    m = {"rtp_port_min": 31000, "rtp_port_max": 31999, "transport": transport, "invite_timeout": 3,
+         "no_media_timeout": 3, "linger": 0.5}
+    m.update(media)
+    return replace(base, media=MediaConfig(**m))  # type: ignore[arg-type]
+
+
+async def started(gw, **kw: object) -> Simulator:  # type: ignore[no-untyped-def]
+    cfg = {"server": ("127.0.0.1", gw.sip.port), "devices": 1, "channels": 2, "keepalive_interval": 1, "t1": 0.1}
+    cfg.update(kw)
+    sim = Simulator(SimConfig(**cfg))  # type: ignore[arg-type]
+    await sim.start()
+    dev_id = sim.devices[0].device_id
+    await wait_until(lambda: (d := gw.devices.get(dev_id)) is not None and d.rec.catalog_complete, 10)
+    return sim
+
+
+def decode(units: list, codec: Codec) -> int:  # type: ignore[type-arg]
+    ctx = av.CodecContext.create("h264" if codec is Codec.H264 else "hevc", "r")
+    frames = 0
+    for au in units:
+        for packet in ctx.parse(au.data):
+            frames += len(ctx.decode(packet))
+    return frames
+
+
+@pytest.mark.parametrize("transport", ["udp", "udp-single", "tcp-passive", "tcp-active"])
+async def test_live_stream_per_transport_decodes(tmp_path: Path, transport: str) -> None:
+    async with running_gateway(config(tmp_path, transport)) as gw:
+        sim = await started(gw)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            units = []
+            while len([u for u in units if u.codec.is_video]) < 30:
+                units.append(await asyncio.wait_for(sub.get(), 5))
+            video = [u for u in units if u.codec.is_video]
+            assert video[0].keyframe
+            assert decode(video, video[0].codec) >= 25
+            pts = [u.pts for u in video]
+            assert all(b > a for a, b in zip(pts, pts[1:], strict=False)) or pts[-1] < pts[0]  # monotonic (or wrapped)
+            assert any(u.codec is Codec.G711A for u in units)
+            # A second consumer shares the same INVITE.
+            session2, sub2 = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 5)
+            assert session2 is session
+            first = await asyncio.wait_for(sub2.get(), 5)
+            assert first.keyframe
+            media = sim.device(channel).media  # type: ignore[union-attr]
+            assert len(media.history) == 1  # one INVITE for both consumers (history holds every session)
+            # Both leave: the stream lingers, then the device sees BYE.
+            session.leave(sub)
+            session2.leave(sub2)
+            await wait_until(lambda: not media.sessions, timeout=5)
+            await wait_until(lambda: gw.streams.sessions == {}, timeout=5)
+        finally:
+            await sim.stop()
+
+
+async def test_device_that_sends_no_media_fails_with_reason(tmp_path: Path) -> None:
+    async with running_gateway(config(tmp_path, no_media_timeout=1)) as gw:
+        sim = await started(gw, no_media=True)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            with pytest.raises(StreamError) as exc:
+                await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            assert exc.value.http_status == 504
+            assert "no_packets" in exc.value.reason or "no packets" in exc.value.reason
+        finally:
+            await sim.stop()
+
+
+async def test_refused_invite_surfaces_device_status(tmp_path: Path) -> None:
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw, reject=486)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            with pytest.raises(StreamError) as exc:
+                await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            assert exc.value.status == 486
+        finally:
+            await sim.stop()
+
+
+async def test_unanswered_invite_is_cancelled(tmp_path: Path) -> None:
+    async with running_gateway(config(tmp_path, invite_timeout=0.5)) as gw:
+        sim = await started(gw, answer_delay=3)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            with pytest.raises(StreamError) as exc:
+                await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            assert exc.value.http_status == 503
+        finally:
+            await sim.stop()
+
+
+async def test_unknown_channel_404(tmp_path: Path) -> None:
+    async with running_gateway(config(tmp_path)) as gw:
+        with pytest.raises(StreamError) as exc:
+            await gw.streams.open(None, "34020000001310999999")
+        assert exc.value.http_status == 404
