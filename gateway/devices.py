@@ -527,6 +527,10 @@ class DeviceRegistry:
             raise QueryFailed(f"{cmd_type} query refused: {response.status} {response.reason}",
                               response.status)
 
+    def next_sn(self) -> int:
+        """A fresh MANSCDP SN for a query or command we send."""
+        return next(self._sn)
+
     def device_request(self, dev: Device, method: str, body: bytes = b"",
                        content_type: str | None = None) -> SipRequest:
         """An out-of-dialog request from us (the platform) to ``dev``."""

@@ -32,6 +32,7 @@ import structlog
 
 from media import sdp
 from media.frames import AccessUnit
+from sip import manscdp
 from sip.dialog import Dialog
 from sip.endpoint import RequestReceived, ResponseReceived, SipEvent
 from sip.errors import CallDoesNotExist
@@ -54,6 +55,8 @@ from .sip_router import SipRouter
 from .sip_transport import SipServer, SipTimeout
 
 log = structlog.get_logger("gateway.streams")
+
+KEYFRAME_REQUEST_INTERVAL = 2.0
 
 
 class StreamError(Exception):
@@ -95,7 +98,8 @@ class StreamSession:
         self.device = device
         self.state = StreamState.INVITING
         self.error: StreamError | None = None
-        self.fanout = FanOut()
+        self.fanout = FanOut(request_keyframe=self.request_keyframe, clock=manager.loop.time, name=str(key))
+        self._keyframe_asked_at = -1e9
         self.consumers = 0
         self.ssrc: int | None = None
         self.port: int | None = None
@@ -261,12 +265,39 @@ class StreamSession:
         self.last_frame_at = now
         self.fanout.publish(au)
 
+    def request_keyframe(self) -> None:
+        """Ask the camera for an I-frame (``DeviceControl`` ``IFameCmd``), at most once every 2 s."""
+        now = self.manager.loop.time()
+        if now - self._keyframe_asked_at < KEYFRAME_REQUEST_INTERVAL or self._stopping:
+            return
+        self._keyframe_asked_at = now
+        task = asyncio.ensure_future(self._send_keyframe_request())
+        self.manager._tasks.add(task)
+        task.add_done_callback(self.manager._tasks.discard)
+
+    async def _send_keyframe_request(self) -> None:
+        mgr = self.manager
+        # GB/T 28181-2016 spells it IFameCmd (sic); devices of both editions accept that spelling.
+        body = manscdp.encode("Control", "DeviceControl", mgr.registry.next_sn(), self.key.channel_id,
+                              [("IFameCmd", "Send")], encoding=self.device.rec.charset or "GB2312")
+        try:
+            request = mgr.registry.device_request(self.device, "MESSAGE", body, "Application/MANSCDP+xml")
+            assert self.device.peer is not None
+            response = await mgr.server.request(request, self.device.peer)
+            log.info("keyframe requested", stream=str(self.key), status=response.status)
+        except Exception as exc:  # best effort: the next keyframe comes with the GOP anyway
+            log.info("keyframe request failed", stream=str(self.key), error=str(exc))
+
     async def _watch_media(self) -> None:
         timeout = self.manager.config.media.no_media_timeout
         loop = self.manager.loop
         since = loop.time()
         while not self._stopping:
             await asyncio.sleep(min(0.5, timeout / 4))
+            if self.first_frame_at is None and self.receiver is not None and loop.time() - since > 1.0:
+                # Packets but no frame yet: the stream likely began mid-GOP; don't wait for the camera's GOP.
+                if self.receiver.stats().packets > 0:
+                    self.request_keyframe()
             last = self.last_frame_at or since
             if loop.time() - last > timeout:
                 assert self.receiver is not None
@@ -365,6 +396,7 @@ class StreamManager:
                               media.rtp_port_max)
         self.ssrcs = SsrcAllocator(config.sip.domain)
         self._server: SipServer | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
         self._single: SinglePortUdpIngest | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         router.on_method("BYE", self._on_bye)

@@ -133,3 +133,118 @@ async def test_unknown_channel_404(tmp_path: Path) -> None:
         with pytest.raises(StreamError) as exc:
             await gw.streams.open(None, "34020000001310999999")
         assert exc.value.http_status == 404
+
+
+def _capture(name: str) -> Path:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / name
+    if not path.exists():
+        pytest.skip(f"../shared/data/{name} not present (test material lives beside the checkout)")
+    return path
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-passive"])
+async def test_hikvision_capture_replayed_by_simulator_comes_out_whole(tmp_path: Path, transport: str) -> None:
+    capture = _capture("hikvision_h264_704x576_ps.lenpfx.rtp")
+    async with running_gateway(config(tmp_path, transport)) as gw:
+        sim = await started(gw, replay=str(capture), replay_speed=20.0)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            units = []
+            while len(units) < 1400:
+                units.append(await asyncio.wait_for(sub.get(), 5))
+            assert sum(u.keyframe for u in units) == 56
+            assert decode(units, Codec.H264) >= 1390  # every frame decodes (the decoder may hold the last few)
+            session.leave(sub)
+        finally:
+            await sim.stop()
+
+
+async def test_stream_starting_mid_gop_asks_camera_for_keyframe(tmp_path: Path) -> None:
+    # The Hikvision capture without its first 5 packets: the stream begins mid-GOP (a keyframe every ~55 packets,
+    # 1 s); replayed at half speed, the next keyframe is ~1.8 s away: the gateway asks before it comes.
+    capture = _capture("hikvision_h264_704x576_ps.lenpfx.rtp")
+    data = capture.read_bytes()
+    offset = 0
+    for _ in range(5):
+        offset += 2 + int.from_bytes(data[offset:offset + 2], "big")
+    trimmed = tmp_path / "midgop.lenpfx.rtp"
+    trimmed.write_bytes(data[offset:])
+    async with running_gateway(config(tmp_path / "gw", no_media_timeout=8)) as gw:
+        sim = await started(gw, replay=str(trimmed), replay_speed=0.5)
+        commands: list[str] = []
+        dev = sim.devices[0]
+
+        def on_control(server, ev, doc) -> None:  # type: ignore[no-untyped-def]
+            commands.append(doc.text("IFameCmd") or "")
+            dev._ok(server, ev)
+
+        dev.manscdp_handlers[("control", "devicecontrol")] = on_control
+        try:
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 15)
+            first = await asyncio.wait_for(sub.get(), 5)
+            assert first.keyframe
+            assert commands and commands[0] == "Send"  # asked while only mid-GOP packets arrived
+            session.leave(sub)
+        finally:
+            await sim.stop()
+
+
+async def test_device_bye_ends_stream_and_consumers_are_told(tmp_path: Path) -> None:
+    from gateway.fanout import StreamEnded
+
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            await asyncio.wait_for(sub.get(), 5)
+            media = sim.device(channel).media  # type: ignore[union-attr]
+            (live,) = media.sessions.values()
+            assert await live.end_stream() == 200
+            with pytest.raises(StreamEnded):
+                for _ in range(1000):
+                    await asyncio.wait_for(sub.get(), 5)
+            await wait_until(lambda: gw.streams.sessions == {}, 5)
+        finally:
+            await sim.stop()
+
+
+@pytest.mark.parametrize("option", ["change_ssrc", "wrong_ssrc"])
+async def test_ssrc_other_than_offered_is_followed(tmp_path: Path, option: str) -> None:
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw, **{option: True})
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            first = await asyncio.wait_for(sub.get(), 5)
+            assert first.keyframe
+            session.leave(sub)
+        finally:
+            await sim.stop()
+
+
+async def test_loss_and_reorder_keep_the_stream_flowing(tmp_path: Path) -> None:
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw, loss=0.05, reorder=0.10)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            video = 0
+            while video < 60:  # 2.4 s of video keeps coming despite the damage
+                au = await asyncio.wait_for(sub.get(), 5)
+                video += au.codec.is_video
+            live = next(iter(sim.device(channel).media.sessions.values()))  # type: ignore[union-attr]
+            stats = session.receiver.stats()  # type: ignore[union-attr]
+            assert live.packets_lost > 0 and live.packets_reordered > 0
+            # What the receiver counted as lost is what the sender dropped (up to packets still in flight).
+            assert abs(stats.lost - live.packets_lost) <= 3
+            assert stats.reordered > 0
+            session.leave(sub)
+        finally:
+            await sim.stop()
