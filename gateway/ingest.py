@@ -48,9 +48,9 @@ pipe (``_TS_MAX_BUFFER`` bytes) and its output queue (``_TS_MAX_OUT``). What ove
 Adapters (asyncio; each well under 300 lines of logic): ``UdpIngest`` (one port per stream),
 ``SinglePortUdpIngest`` (one port shared by every stream: routed by SSRC, else by source host when exactly one
 stream expects that host), ``TcpPassiveIngest`` (we listen; only the expected host may connect) and
-``TcpActiveIngest`` (we connect to the device, retrying until a deadline). Adapters never close the receiver's
-sink; ``stop()`` (and ``SinglePortUdpIngest.unregister``) close the receiver, which stops a TS worker thread and
-flushes its counters.
+``TcpActiveIngest`` (we connect to the device, retrying until a deadline). Their ``stop()`` (and
+``SinglePortUdpIngest.unregister``) close the receiver, which stops a TS worker thread and adds its last counts to
+the metrics. The TCP adapters switch their receiver to ``use_ordered_transport()`` (no reorder wait).
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ class IngestStats:
     expected_ssrc: int | None
     followed_ssrc: int | None  # set when the stream's SSRC is not the expected one
     ssrc_changes: int
+    restarts: int  # sequence restarts with the same SSRC (see ``RtpReceiver._restart``)
     last_wrong_source: Addr | None
     last_wrong_ssrc: int | None
     sink_errors: int
@@ -237,6 +238,9 @@ class RtpReceiver:
         self._ts: _TsDemuxer | None = None
         self._held: collections.deque[tuple[memoryview, bool, bool, int, int]] = collections.deque()
         self._quiet = 0
+        self._stalled = 0  # packets in a row that the reorder buffer released nothing for
+        self._stall_limit = reorder_packets + 64
+        self._restarts = 0
         self._waker: Callable[[], None] | None = None
         self._closed = False
         # counters (ints on the receiver: the hot path touches only these)
@@ -338,8 +342,14 @@ class RtpReceiver:
         payload = memoryview(data)[off:end]
         item = (seq, payload, marker, ts, pt)
         items = self._rb.push(seq, item, now)
+        if not items:
+            self._stalled += 1
+            if self._stalled > self._stall_limit:
+                self._restart(item, now)
+            return
+        self._stalled = 0
         ps = self._ps
-        if ps is not None and seq == self._next_seq and len(items) == 1 and items[0] is item:
+        if ps is not None and seq == self._next_seq and len(items) == 1:  # in order: items == [item]
             self._next_seq = (seq + 1) & 0xFFFF
             aus = ps.feed(payload, marker)
             if aus:
@@ -348,7 +358,7 @@ class RtpReceiver:
                 self._quiet += 1
                 if self._quiet > _MAX_QUIET_PACKETS:
                     self._runaway()
-        elif items:
+        else:
             self._deliver(items, now)
 
     def next_deadline(self) -> float | None:
@@ -359,6 +369,7 @@ class RtpReceiver:
         """The reorder deadline passed: give the gap up and deliver what waited behind it."""
         items = self._rb.pop_ready(now)
         if items:
+            self._stalled = 0
             self._deliver(items, now)
         if self._ts is not None:
             self.drain(now)
@@ -391,7 +402,7 @@ class RtpReceiver:
         self._closed = True
         self._flush_metrics(0.0)
         self._drop_demuxer()
-        self._rb = ReorderBuffer(self._reorder_packets, self._reorder_delay)
+        self._retire_reorder()  # drops what it parked; its counts stay in stats()
 
     # ------------------------------------------------------------------------------------------ slow paths
     def _other_ssrc(self, ssrc: int, seq: int, now: float) -> bool:
@@ -438,6 +449,17 @@ class RtpReceiver:
         if self._first_packet_at is None:
             self._first_packet_at = now
 
+    def _restart(self, item: tuple[int, memoryview, bool, int, int], now: float) -> None:
+        """More packets in a row released nothing than the reorder buffer can park: they are all being dropped
+        (late or duplicate: the device restarted its sequence numbers a little behind, with the same SSRC).
+        Start again at this packet."""
+        log.info("rtp sequence restarted", stream=self.name, seq=item[0])
+        self._restarts += 1
+        self._stalled = 0
+        self._retire_reorder()
+        items = self._rb.push(item[0], item, now)
+        self._deliver(items, now)
+
     def _retire_reorder(self) -> None:
         rb = self._rb
         base = self._rb_base
@@ -446,6 +468,7 @@ class RtpReceiver:
         base[2] += rb.duplicate
         base[3] += rb.late
         base[4] += rb.stray
+        self._stalled = 0
         self._rb = ReorderBuffer(self._reorder_packets, self._reorder_delay)
 
     def _deliver(self, items: list[tuple[int, memoryview, bool, int, int]], now: float) -> None:
@@ -602,6 +625,7 @@ class RtpReceiver:
             expected_ssrc=self._expected,
             followed_ssrc=self._followed,
             ssrc_changes=self._ssrc_changes,
+            restarts=self._restarts,
             last_wrong_source=self._last_wrong_source,
             last_wrong_ssrc=self._last_wrong_ssrc,
             sink_errors=self._sink_errors,

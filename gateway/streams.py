@@ -232,6 +232,9 @@ class StreamSession:
             if self.transport == "udp-single":
                 mgr.single_port().register(answer.ssrc, self.receiver, self.device.peer.addr[0]  # type: ignore[union-attr]
                                            if self.device.peer else "")
+        if answer is not None and answer.media_ip and self.receiver is not None and self.device.peer is not None:
+            # Behind NAT the SDP address and the SIP source differ: media may come from either.
+            self.receiver.expect_host({answer.media_ip, self.device.peer.addr[0]})
         if self.transport == "tcp-active":
             if answer is None or not answer.media_port:
                 raise StreamError("device answer has no media port for TCP active")
@@ -301,8 +304,10 @@ class StreamSession:
             last = self.last_frame_at or since
             if loop.time() - last > timeout:
                 assert self.receiver is not None
-                reason = self.receiver.diagnosis(loop.time())
+                reason = self.receiver.diagnosis(loop.time(), window=timeout)
                 what = reason.value if reason is not None else "no frames"
+                if reason is not None:
+                    metrics.INGEST_NO_MEDIA.labels(reason.value).inc()
                 raise StreamError(f"no media for {timeout:g} s: {what}", http_status=504)
 
     # ------------------------------------------------------------------------------------------ consumers

@@ -24,10 +24,14 @@ Timestamps: the 32-bit RTP timestamp (90 kHz) is unwrapped by serial difference 
 (``media.frames.AccessUnit``).
 
 Losses (``discontinuity=True``): nobody knows what was lost, so the open access unit is dropped
-(``truncated_frames``) and so is every following packet until one that visibly starts an access unit: a non-VCL
-NAL unit that may open one (SEI, SPS, PPS, AUD, ...), or the first slice of a picture (``first_mb_in_slice == 0``,
-whose Exp-Golomb code is the single bit ``1``: §7.3.3), whole or as an FU-A start. A marker bit also ends the
-discarding (the damaged access unit is over). Output after a loss is therefore a subset of the clean output.
+(``truncated_frames``) and so is every following packet until one with a new timestamp that visibly starts an
+access unit: a non-VCL NAL unit that may open one (SEI, SPS, PPS, AUD, ...), or the first slice of a picture
+(``first_mb_in_slice == 0``, whose Exp-Golomb code is the single bit ``1``: §7.3.3), whole or as an FU-A start.
+A marker bit also ends the discarding (the damaged access unit is over). What RTP cannot show is a loss of an
+access unit's leading NAL units (its SPS/PPS, say) when the next one may also open an access unit; so, as the PS
+demuxer learns the pack-per-frame pattern, the depacketizer learns whether every keyframe so far began with its
+SPS (or an AUD), and then drops the first keyframe after a loss that does not. A lost leading SEI or AUD can still
+go unnoticed: such an access unit is the clean one minus those NAL units, and decodes the same.
 An FU-A whose start or end is missing without a signalled loss (a broken sender) drops the NAL unit and its
 access unit (``fu_errors``).
 
@@ -98,6 +102,10 @@ class Rfc6184Depacketizer:
         "_fu_size",
         "_last_ts",
         "_ext_ts",
+        "_prev_ts",
+        "_first_type",
+        "_resumed",
+        "_key_led",
         "frames",
         "keyframes",
         "skipped_frames",
@@ -139,6 +147,10 @@ class Rfc6184Depacketizer:
         self._fu_size = 0
         self._last_ts = -1
         self._ext_ts = 0
+        self._prev_ts = -1  # timestamp of the last packet fed
+        self._first_type = -1  # NAL type that opened the access unit in progress
+        self._resumed = False  # the access unit in progress is the first one after a loss
+        self._key_led = 0  # keyframes so far began with SPS/AUD: 1 all, -1 not all, 0 none seen yet
         #: Access units emitted, and how many of them were keyframes.
         self.frames = 0
         self.keyframes = 0
@@ -181,15 +193,20 @@ class Rfc6184Depacketizer:
             self._lose()
         if self._open and ts != self._ts:
             self._end(out)
-        if self._skip:
-            if not starts_access_unit(payload):
+        prev = self._prev_ts
+        self._prev_ts = ts
+        resumed = False
+        if self._skip:  # after a loss: the same timestamp is the same (damaged) access unit
+            if ts == prev or not starts_access_unit(payload):
                 self.discarded_packets += 1
                 if marker:
                     self._skip = False
                 return out
             self._skip = False
+            resumed = True
         if not self._open:
             self._begin(ts)
+            self._resumed = resumed
         self._add(payload)
         if marker:
             self._end(out)
@@ -234,9 +251,12 @@ class Rfc6184Depacketizer:
         self._pts = self._ext_ts & _TS33
         self._key = False
         self._bad = False
+        self._first_type = -1
 
     def _nal(self, nal: Buffer, t: int) -> None:
         """Append one whole NAL unit (type ``t``)."""
+        if self._first_type < 0:
+            self._first_type = t
         self._parts.append(_START_CODE)
         self._parts.append(nal)
         self._size += 4 + len(nal)
@@ -269,6 +289,8 @@ class Rfc6184Depacketizer:
                 if self._fu_at >= 0:
                     self._fu_broken()
                 nt = fu & 0x1F
+                if self._first_type < 0:
+                    self._first_type = nt
                 self._fu_at = len(self._parts)
                 self._parts.append(_START_CODE)
                 self._parts.append(bytes(((p[0] & 0xE0) | nt,)))
@@ -329,6 +351,12 @@ class Rfc6184Depacketizer:
         self._drop()
         if not parts:
             return
+        if key:
+            led = self._first_type == 7 or self._first_type == 9
+            if self._resumed and not led and self._key_led == 1:
+                bad = True  # every keyframe began with its SPS (or AUD): this one lost its start
+            elif not bad:
+                self._key_led = -1 if not led else (1 if self._key_led == 0 else self._key_led)
         if bad:
             self.truncated_frames += 1
             return
