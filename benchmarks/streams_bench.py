@@ -39,6 +39,7 @@ packet, only on those):
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import json
 import os
@@ -185,13 +186,36 @@ def _bound_socket() -> socket.socket:
 class _Probe:
     """Latency probe of one sampled stream."""
 
-    __slots__ = ("t", "arrivals", "added", "off_marker")
+    __slots__ = ("t", "arrivals", "added", "off_marker", "pending", "skip")
 
     def __init__(self) -> None:
         self.t = 0.0  # perf_counter at the marker packet's arrival, while its feed() runs; else 0
         self.arrivals: list[tuple[int, float]] = []  # (RTP timestamp, arrival) of marker packets
         self.added: list[float] = []
         self.off_marker = 0
+        self.pending: collections.deque[float] = collections.deque()  # gateway mode: markers not yet consumed
+        self.skip = 0  # gateway mode: units queued before the probe was installed
+
+
+def _gc_pauses() -> list[tuple[int, float]]:
+    """From now on, (generation, seconds) of each garbage collection of this process."""
+    pauses: list[tuple[int, float]] = []
+    start = 0.0
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        nonlocal start
+        if phase == "start":
+            start = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - start))
+
+    gc.callbacks.append(on_gc)
+    return pauses
+
+
+def _gc_summary(pauses: list[tuple[int, float]]) -> dict[str, Any]:
+    return {"gc": len(pauses), "gc2": sum(g == 2 for g, _ in pauses),
+            "gc_max_ms": round(max((t for _, t in pauses), default=0) * 1e3, 1)}
 
 
 async def _receiver(reply_fd: int, mode: str) -> None:
@@ -200,17 +224,7 @@ async def _receiver(reply_fd: int, mode: str) -> None:
 
     _quiet_logging("warning")
     loop = asyncio.get_running_loop()
-    pauses: list[tuple[int, float]] = []  # (generation, seconds) of each garbage collection
-    gc_start = 0.0
-
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        nonlocal gc_start
-        if phase == "start":
-            gc_start = time.perf_counter()
-        else:
-            pauses.append((info["generation"], time.perf_counter() - gc_start))
-
-    gc.callbacks.append(on_gc)
+    pauses = _gc_pauses()
     clock = time.perf_counter
     ts_of = struct.Struct(">I").unpack_from
     counters: list[Any] = []  # bare protocols, or RtpReceivers
@@ -312,8 +326,7 @@ async def _receiver(reply_fd: int, mode: str) -> None:
             "added": [t for p in probes.values() for t in p.added],
             "off_marker": sum(p.off_marker for p in probes.values()),
         }
-        gen2 = [t for g, t in pauses if g == 2]
-        out |= {"gc": len(pauses), "gc2": len(gen2), "gc_max_ms": round(max((t for _, t in pauses), default=0) * 1e3, 1)}
+        out |= _gc_summary(pauses)
         if mode == "ours":
             stats = [r.stats() for r in counters]
             out |= {"frames": sum(s.frames for s in stats), "keyframes": sum(s.keyframes for s in stats),
@@ -329,6 +342,163 @@ async def _receiver(reply_fd: int, mode: str) -> None:
     commands.reply({"pid": os.getpid()})
     await commands.done.wait()
     os._exit(0)  # the figures are taken
+
+
+# ------------------------------------------------------------------------------------------------ full gateway mode
+def gateway_main(reply_fd: int, state_dir: str) -> None:
+    import uvloop
+
+    uvloop.run(_gateway(reply_fd, state_dir))
+
+
+async def _gateway(reply_fd: int, state_dir: str) -> None:
+    """The whole ``Gateway`` (SIP, registry, ``StreamManager``); streams opened with ``streams.open`` and drained
+    by one task each (``await sub.get()``, a queued consumer as an RTSP session would be)."""
+    from gateway.app import Gateway
+    from gateway.config import Config
+    from gateway.fanout import StreamEnded, Subscription
+    from gateway.streams import StreamSession
+
+    _quiet_logging("warning")
+    pauses = _gc_pauses()
+    clock = time.perf_counter
+    ts_of = struct.Struct(">I").unpack_from
+    config = Config.from_mapping({
+        "sip": {"port": 0, "source_rate_limit": 0},
+        "devices": {"register_rate": 100_000},
+        "media": {"linger": 600, "no_media_timeout": 60},
+        "daemon": {"state_dir": state_dir},
+    })
+    gw = Gateway(config)
+    await gw.start()
+    assert gw.sip is not None
+    sessions: list[StreamSession] = []
+    probes: dict[int, _Probe] = {}
+    tasks: set[asyncio.Task[None]] = set()
+    failures: list[str] = []
+
+    def channels() -> list[tuple[str, str]]:
+        return sorted((d.device_id, c) for d in gw.devices.devices.values() if d.rec.online for c in d.channels)
+
+    def ready() -> dict[str, Any]:
+        return {"channels": len(channels())}
+
+    async def drain(sub: Subscription, probe: _Probe | None) -> None:
+        try:
+            while True:
+                au = await sub.get()
+                if probe is not None and au.codec.is_video:
+                    if probe.skip:
+                        probe.skip -= 1
+                    elif probe.pending:
+                        probe.added.append(clock() - probe.pending.popleft())
+                    else:
+                        probe.off_marker += 1
+        except StreamEnded:
+            pass
+
+    def install(session: StreamSession, sub: Subscription, probe: _Probe) -> None:
+        """Wrap the feed the session's UdpIngest protocol calls (benchmark only: private attributes)."""
+        proto = session._ingest._transport.get_protocol()  # type: ignore[union-attr]
+        feed = proto._feed
+        arrivals, pending = probe.arrivals, probe.pending
+
+        def probed(data: bytes, addr: Any, now: float) -> None:
+            if data[1] & 0x80:
+                t = clock()
+                arrivals.append((ts_of(data, 4)[0], t))
+                pending.append(t)
+            feed(data, addr, now)
+
+        proto._feed = probed
+        probe.skip = sub.queued_units
+
+    async def open_one(i: int, device_id: str, channel_id: str, sampled: bool) -> None:
+        try:
+            session, sub = await gw.streams.open(device_id, channel_id, consumer="bench")
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+            failures.append(f"{channel_id}: {exc}")
+            return
+        sessions.append(session)
+        probe = None
+        if sampled:
+            probe = probes[i] = _Probe()
+            install(session, sub, probe)
+        task = asyncio.ensure_future(drain(sub, probe))
+        tasks.add(task)
+
+    async def open_streams(n: str, every: str, spacing: str) -> dict[str, Any]:
+        wanted = channels()[: int(n)]
+        opening = []
+        for i, (device_id, channel_id) in enumerate(wanted):
+            opening.append(asyncio.ensure_future(open_one(i, device_id, channel_id, i % int(every) == 0)))
+            await asyncio.sleep(float(spacing))  # streams start spread out: keyframes do not line up
+        await asyncio.gather(*opening)
+        return {"opened": len(sessions), "failures": failures[:3]}
+
+    def received() -> int:
+        return sum(s.receiver.stats().datagrams for s in sessions if s.receiver is not None)
+
+    def count() -> dict[str, Any]:
+        return {"received": received()}
+
+    def mark() -> dict[str, Any]:
+        for p in probes.values():
+            p.arrivals.clear()
+            p.added.clear()
+            p.off_marker = 0
+        pauses.clear()
+        return count()
+
+    def gop() -> dict[str, Any]:
+        sizes = [s.fanout.cache.nbytes for s in sessions] or [0]
+        return {"gop_mean": statistics.fmean(sizes)}
+
+    def report() -> dict[str, Any]:
+        stats = [s.receiver.stats() for s in sessions if s.receiver is not None]
+        return {"received": received(), "arrivals": {}, "added": [t for p in probes.values() for t in p.added],
+                "off_marker": sum(p.off_marker for p in probes.values()), **_gc_summary(pauses),
+                "frames": sum(s.frames for s in stats), "keyframes": sum(s.keyframes for s in stats),
+                "lost": sum(s.lost for s in stats), "demux_errors": sum(s.demux_errors for s in stats)}
+
+    commands = _Commands(reply_fd, {"ready": ready, "open": open_streams, "count": count, "mark": mark,
+                                   "gop": gop, "report": report})
+    commands.reply({"port": gw.sip.port})
+    await commands.done.wait()
+    os._exit(0)
+
+
+def sim_main(reply_fd: int, port: int, devices: int, channels: int, replay: str) -> None:
+    import uvloop
+
+    uvloop.run(_sim(reply_fd, port, devices, channels, replay))
+
+
+async def _sim(reply_fd: int, port: int, devices: int, channels: int, replay: str) -> None:
+    """``gateway.sim`` devices answering INVITEs with the clip replayed (``SimConfig.replay``)."""
+    from gateway.sim import SimConfig, Simulator
+
+    _quiet_logging("error")
+    sim = Simulator(SimConfig(server=("127.0.0.1", port), devices=devices, channels=channels, replay=replay,
+                              register_rate=1_000_000, seed=1))
+    await sim.start()
+
+    def stats(sessions: list[Any] | None = None) -> dict[str, Any]:
+        sessions = [s for d in sim.devices for s in d.media.active] if sessions is None else sessions
+        return {"registered": sum(d.registered for d in sim.devices), "sessions": len(sessions),
+                "sent": sum(s.packets_sent for s in sessions), "bytes": sum(s.bytes_sent for s in sessions),
+                "errors": sum(s.send_errors for s in sessions), "resyncs": sum(s.late_resyncs for s in sessions)}
+
+    async def stop() -> dict[str, Any]:
+        """Stop sending (no BYE) and count: the gateway's totals can then be compared with these."""
+        sessions = [s for d in sim.devices for s in d.media.active]
+        await asyncio.gather(*(s.end_stream(send_bye=False) for s in sessions))
+        return stats(sessions)
+
+    commands = _Commands(reply_fd, {"stats": stats, "stop": stop})
+    commands.reply({"devices": devices})
+    await commands.done.wait()
+    os._exit(0)
 
 
 # ------------------------------------------------------------------------------------------------ driving a run
@@ -508,6 +678,66 @@ def measure(mode: str, n: int, packets: str, duration: float, warm: float, sende
         child.close()
 
 
+def measure_gateway(n: int, packets: str, duration: float, warm: float, channels: int = 4) -> Run:
+    """The same figures through the whole Gateway, media from the device simulator (one process, sends in
+    asyncio: heavier than the raw senders, so the gateway variant runs at the smaller N only)."""
+    run = Run("gw", n)
+    every = max(1, n // SAMPLED)
+    run.busy_before = wait_for_quiet(10.0)
+    devices = -(-n // channels)
+    with tempfile.TemporaryDirectory(prefix="streams_bench-") as state_dir:
+        gw = Child(f"import benchmarks.streams_bench as b; b.gateway_main(FD, {state_dir!r})")
+        sim: Child | None = None
+        try:
+            pid = gw.pid
+            time.sleep(0.2)
+            rss0 = rss_mb(pid)
+            sim = Child(f"import benchmarks.streams_bench as b; "
+                        f"b.sim_main(FD, {gw.hello['port']}, {devices}, {channels}, {packets!r})", 60.0)
+            deadline = time.monotonic() + 60
+            while gw.ask("ready")["channels"] < n:  # registered, catalog synced
+                if time.monotonic() > deadline:
+                    raise TimeoutError("devices did not register")
+                time.sleep(0.2)
+            spacing = 2.0 / n  # starts spread over one GOP
+            opened = gw.ask("open", n, every, spacing, timeout=120)
+            if opened["opened"] < n:
+                print(f"note: gateway opened {opened['opened']}/{n} streams: {opened['failures']}")
+            ours = {os.getpid(), pid, sim.pid}
+
+            def sample() -> tuple[float, float, float, dict[int, float]]:
+                assert sim is not None
+                return time.perf_counter(), cpu_seconds(pid), cpu_seconds(sim.pid), process_cpu()
+
+            start = time.perf_counter()
+            sleep_until(start + warm)
+            got0 = gw.ask("mark")["received"]
+            sent0 = sim.ask("stats")
+            t0, cpu0, snd0, m0 = sample()
+            sleep_until(start + duration - 0.2)
+            t1, cpu1, snd1, m1 = sample()
+            got1 = gw.ask("count")["received"]
+            sent1 = sim.ask("stats")
+            run.rss_mb = rss_mb(pid) - rss0
+            run.gop_mean = gw.ask("gop")["gop_mean"]
+            run.window, run.cpu, run.packets, run.sender_cpu = t1 - t0, cpu1 - cpu0, got1 - got0, snd1 - snd0
+            run.other = others_cpu(m0, m1, ours)
+            run.sent_bytes, run.sender_seconds = sent1["bytes"] - sent0["bytes"], t1 - t0
+            total = sim.ask("stop")
+            run.sent, run.send_errors = total["sent"], total["errors"]
+            time.sleep(0.3)  # drain
+            rep = gw.ask("report", timeout=60)
+            run.received = rep["received"]
+            run.added, run.off_marker = rep["added"], rep["off_marker"]
+            run.extra = {k: v for k, v in rep.items() if k not in ("received", "added", "off_marker", "arrivals")}
+            run.extra["sim_resyncs"] = sent1["resyncs"]
+            return run
+        finally:
+            if sim is not None:
+                sim.close()
+            gw.close()
+
+
 # ------------------------------------------------------------------------------------------------ report
 def write_clip(frames: int) -> tuple[str, str, int, float]:
     """Encode and packetize the clip; returns (lenpfx path, description, packets, Mbit/s of RTP payload)."""
@@ -528,50 +758,57 @@ def _ms(values: list[float], peak: bool = False) -> str:
 
 
 def main(quick: bool = False) -> None:
-    frames, sizes, duration, warm = (100, (20,), 5.0, 1.5) if quick else (150, (100, 400), 10.0, 3.0)
+    frames, sizes, duration, warm = (100, (20,), 4.0, 1.2) if quick else (150, (100, 400), 10.0, 3.0)
     path, note, npackets, mbps = write_clip(frames)
     try:
         pps = npackets / (frames / FPS)
         print(f"\nConcurrent streams through UDP on 127.0.0.1: 1280x720 25 fps H.264, GOP 50, {note}; PS/RTP "
-              f"{mbps:.2f} Mbit/s of payload, {pps:.0f} packets/s per stream, replayed by {SENDERS} sender "
-              f"processes for {duration:g} s;")
-        print(f" receiver (uvloop) in its own process, CPU from /proc over a {duration - warm - 0.2:g} s window "
-              f"after {warm:g} s; bare = N DatagramProtocols that count; ours = N x (UdpIngest + RtpReceiver + "
-              "FanOut + 1 callback consumer).")
+              f"{mbps:.2f} Mbit/s of payload, {pps:.0f} packets/s per stream, replayed for {duration:g} s by "
+              f"{SENDERS} sender processes")
+        print(f" (gw: by the device simulator). Receiver in its own uvloop process, CPU from /proc over a "
+              f"{duration - warm - 0.2:g} s window after {warm:g} s. bare = N DatagramProtocols that count; ours = N "
+              "x (UdpIngest + RtpReceiver + FanOut + 1 callback consumer);")
+        print(" gw = the whole Gateway (SIP, registry, StreamManager.open per channel after register + catalog, one "
+              "task per stream draining its Subscription), simulated devices answering INVITE with the clip.")
         print(f"{'N':>4} {'recv':<5}{'CPU %':>6}{'%/stream':>9}{'µs/pkt':>7}{'RSS MB/str':>11}{'GOP MB/str':>11}"
               f"{'loss':>7}{'wait p50/p99/max ms':>21}{'added p50/p99 ms':>18}{'send %':>7}{'other %':>8}"
               f"{'Mbit/s':>7}{'late p99':>9}")
         runs: list[Run] = []
         for n in sizes:
-            for mode in ("bare", "ours"):
-                r = measure(mode, n, path, duration, warm, SENDERS)
+            for mode in ("bare", "ours", "gw"):
+                if mode == "gw":
+                    r = measure_gateway(n, path, duration, warm)
+                else:
+                    r = measure(mode, n, path, duration, warm, SENDERS)
                 runs.append(r)
                 loss = 1 - r.received / max(r.sent, 1)
                 print(f"{n:>4} {mode:<5}{r.share:>6.1f}{r.per_stream:>9.3f}{r.us_per_packet:>7.2f}"
-                      f"{r.rss_mb / n:>11.2f}{r.gop_mean / 2**20:>11.2f}{loss:>7.2%}{_ms(r.wait, True):>21}"
-                      f"{_ms(r.added) if mode == 'ours' else '-':>18}{r.pct(r.sender_cpu):>7.0f}"
-                      f"{r.pct(r.other):>8.0f}"
-                      f"{r.sent_bytes * 8 / max(r.sender_seconds, 1e-9) / 1e6:>7.0f}{r.late_p99 * 1e3:>9.2f}")
+                      f"{r.rss_mb / n:>11.2f}{r.gop_mean / 2**20:>11.2f}{loss:>7.2%}"
+                      f"{_ms(r.wait, True) if r.wait else '-':>21}{_ms(r.added) if r.added else '-':>18}"
+                      f"{r.pct(r.sender_cpu):>7.0f}{r.pct(r.other):>8.0f}"
+                      f"{r.sent_bytes * 8 / max(r.sender_seconds, 1e-9) / 1e6:>7.0f}"
+                      f"{f'{r.late_p99 * 1e3:.2f}' if mode != 'gw' else '-':>9}")
         print("(CPU %: the receiver process, % of one core; RSS MB/str: its RSS growth / N, GOP caches included; "
               "GOP MB/str: what the caches held at the end, mean; loss: (sent - received) / sent over the run;")
-        print(" wait: the sender's send() of a frame's marker packet to its datagram_received; added: marker "
-              "datagram_received to the AccessUnit at the consumer (latency on "
-              f"{SAMPLED} sampled streams at most);")
+        print(" wait: the sender's send() of a frame's marker packet to its datagram_received; added: marker packet "
+              "on entry to RtpReceiver.feed to the AccessUnit at the consumer (gw: in the draining task), on "
+              f"{SAMPLED} sampled streams at most;")
         print(" send %: the senders, loopback delivery included (it runs in the sending process); other %: every "
               "other process (skews the figures if not ~0); Mbit/s: sent, all streams; late p99: ms a burst left "
               "behind schedule)")
         for n in sizes:
-            bare, ours = (r for r in runs if r.n == n)
-            ok = [ours.per_stream <= TARGET_SHARE, _pct(ours.added, .99) * 1e3 < TARGET_P99_MS,
-                  ours.rss_less_gop < TARGET_MB]
-            print(f"N={n}: ours - bare {ours.per_stream - bare.per_stream:+.3f} %/stream "
-                  f"({ours.us_per_packet - bare.us_per_packet:+.2f} µs/pkt); RSS less GOP {ours.rss_less_gop:.2f} "
-                  f"MB/stream; targets ≤ {TARGET_SHARE} %/stream, added p99 < {TARGET_P99_MS:g} ms, < {TARGET_MB:g} "
-                  f"MB + GOP: {'/'.join('met' if x else 'MISSED' for x in ok)}; off-marker units {ours.off_marker}")
-            for r in (bare, ours):
+            bare, ours, gw = (r for r in runs if r.n == n)
+            for r in (ours, gw):
+                ok = [r.per_stream <= TARGET_SHARE, _pct(r.added, .99) * 1e3 < TARGET_P99_MS,
+                      r.rss_less_gop < TARGET_MB]
+                print(f"N={n} {r.mode}: - bare {r.per_stream - bare.per_stream:+.3f} %/stream "
+                      f"({r.us_per_packet - bare.us_per_packet:+.2f} µs/pkt); RSS less GOP {r.rss_less_gop:.2f} "
+                      f"MB/stream; targets ≤ {TARGET_SHARE} %/stream, added p99 < {TARGET_P99_MS:g} ms, < "
+                      f"{TARGET_MB:g} MB + GOP: {'/'.join('met' if x else 'MISSED' for x in ok)}")
+            for r in (bare, ours, gw):
                 extra = ", ".join(f"{k} {v}" for k, v in r.extra.items())
-                print(f"  {r.mode}: {extra}; cores busy before the run {r.busy_before:.2f}; unmatched marker "
-                      f"samples {r.unmatched}; send errors {r.send_errors}")
+                print(f"  {r.mode}: {extra}; off-marker units {r.off_marker}; cores busy before the run "
+                      f"{r.busy_before:.2f}; unmatched marker samples {r.unmatched}; send errors {r.send_errors}")
     finally:
         os.unlink(path)
 

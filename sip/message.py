@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, cast
 
 from .errors import LocalProtocolError, MalformedMessage, MessageTooLarge
 
 Addr = tuple[str, int]
+_T = TypeVar("_T")
 
 SIP_VERSION = "SIP/2.0"
 DEFAULT_MAX_SIZE = 65536
@@ -556,8 +558,20 @@ class _MessageMixin:
             raise MalformedMessage("missing Call-ID header")
         return value.strip()
 
+    def _memo(self, key: str, parse: Callable[[], _T]) -> _T:
+        """Parse a header view once per message: the layers above ask for the same views several times."""
+        cache: dict[str, Any] = self._parsed  # type: ignore[attr-defined]
+        try:
+            return cast(_T, cache[key])
+        except KeyError:
+            value = cache[key] = parse()
+            return value
+
     @property
     def cseq(self) -> CSeq:
+        return self._memo("cseq", self._parse_cseq)
+
+    def _parse_cseq(self) -> CSeq:
         value = self.headers.get("cseq")
         if value is None:
             raise MalformedMessage("missing CSeq header")
@@ -569,6 +583,9 @@ class _MessageMixin:
 
     @property
     def top_via(self) -> Via:
+        return self._memo("via", self._parse_top_via)
+
+    def _parse_top_via(self) -> Via:
         values = self.headers.get_all("via")
         if not values:
             raise MalformedMessage("missing Via header")
@@ -576,6 +593,9 @@ class _MessageMixin:
 
     @property
     def from_(self) -> NameAddr:
+        return self._memo("from", self._parse_from)
+
+    def _parse_from(self) -> NameAddr:
         value = self.headers.get("from")
         if value is None:
             raise MalformedMessage("missing From header")
@@ -583,6 +603,9 @@ class _MessageMixin:
 
     @property
     def to(self) -> NameAddr:
+        return self._memo("to", self._parse_to)
+
+    def _parse_to(self) -> NameAddr:
         value = self.headers.get("to")
         if value is None:
             raise MalformedMessage("missing To header")
@@ -630,6 +653,7 @@ class SipRequest(_MessageMixin):
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = SIP_VERSION
+    _parsed: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def request_uri(self) -> SipUri:
@@ -650,6 +674,7 @@ class SipResponse(_MessageMixin):
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = SIP_VERSION
+    _parsed: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def is_provisional(self) -> bool:
