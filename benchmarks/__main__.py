@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import devices_bench, media_bench, sip_bench
+from . import devices_bench, media_bench, sip_bench, streams_bench
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     sip_bench.main(quick=args.quick)
     media_bench.main(quick=args.quick)
     devices_bench.main(quick=args.quick)
+    streams_bench.main(quick=args.quick)
 
 
 if __name__ == "__main__":

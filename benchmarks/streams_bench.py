@@ -15,6 +15,11 @@ within the 40 ms period. Each sender reports its packets, its CPU and how late i
 * ``bare``: N uvloop ``DatagramProtocol``s that only count (the floor; same 2 MiB receive buffers).
 * ``ours``: N x (``UdpIngest`` + ``RtpReceiver`` (expected SSRC and host, payload kind detected) + ``FanOut`` with
   one ``subscribe_callback`` consumer): the gateway's ingest path as a ``StreamSession`` wires it, without SIP.
+* ``gw``: the whole ``Gateway`` (SIP, registry, store, ``StreamManager``). Simulated devices (``gateway.sim``, one
+  process, 4 channels each, ``SimConfig(replay=clip)``) register and answer the catalog; then ``streams.open`` is
+  called for N channels (starts spread over 2 s so that keyframes do not line up), each drained by a task awaiting
+  its ``Subscription`` (a queued consumer, as a viewer session is). The simulator is the sender here (it sends from
+  asyncio, so its CPU is higher and it reports no send times: no ``wait`` column).
 
 CPU is taken over a steady window (after ``warm`` seconds, so every stream has found its payload kind and filled
 its GOP cache); ``%/stream`` is that process's CPU share of one core divided by N, ``µs/pkt`` the same per packet
@@ -25,13 +30,22 @@ is "< 1 MB per stream plus its GOP cache". Loss is packets sent - packets receiv
 Latency, on a sample of streams (every ``N // SAMPLED``-th; the probes cost a ``perf_counter()`` per marker
 packet, only on those):
 
-* ``added`` (ours only): from ``time.perf_counter()`` on entry to ``RtpReceiver.feed`` for a frame's marker packet
-  (a thin wrapper around the receiver's ``feed``, inside ``datagram_received``) to that frame's ``AccessUnit``
-  reaching the consumer callback: receive-to-frame work of the ingest (RTP parse, reorder, demux, fan-out).
-  ``off-marker`` counts video units that did not leave inside their marker packet's ``feed`` (none expected).
-* ``wait`` (both): from the sender's ``perf_counter()`` just before ``send()`` of the marker packet (the clock is
+* ``added``: from ``time.perf_counter()`` on entry to ``RtpReceiver.feed`` for a frame's marker packet (a thin
+  wrapper around the receiver's ``feed``, inside ``datagram_received``) to that frame's ``AccessUnit`` reaching the
+  consumer: receive-to-frame work of the ingest (RTP parse, reorder, demux, fan-out); for ``gw`` to the draining
+  task, so it includes the task's wakeup behind whatever else the loop has ready (frames matched to markers in
+  order). ``off-marker`` counts video units that did not leave inside their marker packet's ``feed`` (ours) or
+  had no marker to match (gw); none expected.
+* ``wait`` (bare and ours): from the sender's ``perf_counter()`` just before ``send()`` of the marker packet (the clock is
   CLOCK_MONOTONIC, shared by processes) to its ``datagram_received``: the kernel plus the time the datagram sat in
   the socket before the loop got to it, which grows with the loop's load.
+
+Also printed: garbage collections of the receiver in the window (count, full ones, longest pause: a full collection
+stalls every stream at once and shows in ``wait``'s tail), and ``other %``, the CPU of every other process on the
+machine in the window (from ``/proc/*/stat``): on a shared 2-core machine other work skews the tails, so each run
+first waits (bounded) for the machine to be idle. Loopback delivery (the receiving socket's softirq work) runs in
+the sending process and is in ``send %``; on a real NIC it lands on the receiving machine (PERFORMANCE.md: budget
+~1-2 µs per packet more).
 
 ``python -m benchmarks.streams_bench [--quick]``.
 """
@@ -610,10 +624,10 @@ def sleep_until(t: float) -> None:
     time.sleep(max(0.0, t - time.perf_counter()))
 
 
-def measure(mode: str, n: int, packets: str, duration: float, warm: float, senders: int) -> Run:
+def measure(mode: str, n: int, packets: str, duration: float, warm: float, senders: int, quiet: float) -> Run:
     run = Run(mode, n)
     every = max(1, n // SAMPLED)
-    run.busy_before = wait_for_quiet(10.0)
+    run.busy_before = wait_for_quiet(quiet)
     child = Child(f"import benchmarks.streams_bench as b; b.receiver_main(FD, {mode!r})")
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -678,12 +692,12 @@ def measure(mode: str, n: int, packets: str, duration: float, warm: float, sende
         child.close()
 
 
-def measure_gateway(n: int, packets: str, duration: float, warm: float, channels: int = 4) -> Run:
+def measure_gateway(n: int, packets: str, duration: float, warm: float, quiet: float, channels: int = 4) -> Run:
     """The same figures through the whole Gateway, media from the device simulator (one process, sends in
     asyncio: heavier than the raw senders, so the gateway variant runs at the smaller N only)."""
     run = Run("gw", n)
     every = max(1, n // SAMPLED)
-    run.busy_before = wait_for_quiet(10.0)
+    run.busy_before = wait_for_quiet(quiet)
     devices = -(-n // channels)
     with tempfile.TemporaryDirectory(prefix="streams_bench-") as state_dir:
         gw = Child(f"import benchmarks.streams_bench as b; b.gateway_main(FD, {state_dir!r})")
@@ -758,7 +772,7 @@ def _ms(values: list[float], peak: bool = False) -> str:
 
 
 def main(quick: bool = False) -> None:
-    frames, sizes, duration, warm = (100, (20,), 4.0, 1.2) if quick else (150, (100, 400), 10.0, 3.0)
+    frames, sizes, duration, warm, quiet = (100, (20,), 4.0, 1.2, 1.0) if quick else (150, (100, 400), 10.0, 3.0, 5.0)
     path, note, npackets, mbps = write_clip(frames)
     try:
         pps = npackets / (frames / FPS)
@@ -777,9 +791,9 @@ def main(quick: bool = False) -> None:
         for n in sizes:
             for mode in ("bare", "ours", "gw"):
                 if mode == "gw":
-                    r = measure_gateway(n, path, duration, warm)
+                    r = measure_gateway(n, path, duration, warm, quiet)
                 else:
-                    r = measure(mode, n, path, duration, warm, SENDERS)
+                    r = measure(mode, n, path, duration, warm, SENDERS, quiet)
                 runs.append(r)
                 loss = 1 - r.received / max(r.sent, 1)
                 print(f"{n:>4} {mode:<5}{r.share:>6.1f}{r.per_stream:>9.3f}{r.us_per_packet:>7.2f}"

@@ -248,3 +248,26 @@ async def test_loss_and_reorder_keep_the_stream_flowing(tmp_path: Path) -> None:
             session.leave(sub)
         finally:
             await sim.stop()
+
+
+@pytest.mark.parametrize(("dialect", "attribute"), [("streamnumber", "streamnumber:1"),
+                                                    ("streamprofile", "streamprofile:1"),
+                                                    ("streamMode", "streamMode:SUB")])
+async def test_substream_asked_in_the_device_dialect(tmp_path: Path, dialect: str, attribute: str) -> None:
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw)
+        dev = sim.devices[0]
+        from dataclasses import replace
+
+        # Per-device dialect from [media.dialects] overrides the default.
+        gw.streams.config = replace(gw.streams.config, media=replace(
+            gw.streams.config.media, dialects=((dev.device_id, dialect),)))
+        try:
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel, substream=1), 10)
+            live = next(iter(sim.device(channel).media.sessions.values()))  # type: ignore[union-attr]
+            assert f"a={attribute}" in str(live.offer)
+            assert str(session.key).endswith("?stream=sub")
+            session.leave(sub)
+        finally:
+            await sim.stop()
