@@ -42,8 +42,9 @@ packet, only on those):
 
 Also printed: garbage collections of the receiver in the window (count, full ones, longest pause: a full collection
 stalls every stream at once and shows in ``wait``'s tail), and ``other %``, the CPU of every other process on the
-machine in the window (from ``/proc/*/stat``): on a shared 2-core machine other work skews the tails, so each run
-first waits (bounded) for the machine to be idle. Loopback delivery (the receiving socket's softirq work) runs in
+machine in the window (from ``/proc/*/stat``): on a shared 2-core machine other work skews the figures, so each
+run first waits (bounded) for the machine to be idle, and a run during which others took more than ``BUSY_OTHER``
+is made once more, the quieter of the two shown (``tries``). Loopback delivery (the receiving socket's softirq work) runs in
 the sending process and is in ``send %``; on a real NIC it lands on the receiving machine (PERFORMANCE.md: budget
 ~1-2 µs per packet more).
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import gc
 import json
 import os
@@ -64,6 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,7 @@ SSRC_BASE = 0x0BEB0000
 SAMPLED = 40  # streams probed for latency, at most
 RCVBUF = 2 << 20  # what UdpIngest asks for; the bare receiver asks for the same
 SENDERS = 2  # sender processes (streams dealt round-robin)
+BUSY_OTHER = 10.0  # % of a core used by other processes in the window above which a run is tried once more
 TARGET_SHARE = 0.25  # % of one core per 3 Mbit/s stream (ZLMediaKit ingest + PS demux: 0.23 %)
 TARGET_P99_MS = 2.0
 TARGET_MB = 1.0  # per stream, plus its GOP cache
@@ -250,7 +254,7 @@ async def _receiver(reply_fd: int, mode: str) -> None:
         def __init__(self) -> None:
             self.n = 0
 
-        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
             self.n += 1
 
     class BareProbe(Bare):
@@ -258,7 +262,7 @@ async def _receiver(reply_fd: int, mode: str) -> None:
             super().__init__()
             self.arrivals = probe.arrivals
 
-        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
             self.n += 1
             if data[1] & 0x80:
                 self.arrivals.append((ts_of(data, 4)[0], clock()))
@@ -296,8 +300,8 @@ async def _receiver(reply_fd: int, mode: str) -> None:
             if probe is not None:
                 probes[i] = probe
             if mode == "bare":
-                transport, proto = await loop.create_datagram_endpoint(
-                    (lambda p=probe: BareProbe(p)) if probe else Bare, sock=_bound_socket())
+                factory: Callable[[], Bare] = functools.partial(BareProbe, probe) if probe else Bare
+                transport, proto = await loop.create_datagram_endpoint(factory, sock=_bound_socket())
                 counters.append(proto)
                 keep.append(transport)
                 ports.append(transport.get_extra_info("sockname")[1])
@@ -413,7 +417,8 @@ async def _gateway(reply_fd: int, state_dir: str) -> None:
 
     def install(session: StreamSession, sub: Subscription, probe: _Probe) -> None:
         """Wrap the feed the session's UdpIngest protocol calls (benchmark only: private attributes)."""
-        proto = session._ingest._transport.get_protocol()  # type: ignore[union-attr]
+        ingest: Any = session._ingest
+        proto = ingest._transport.get_protocol()
         feed = proto._feed
         arrivals, pending = probe.arrivals, probe.pending
 
@@ -517,7 +522,8 @@ async def _sim(reply_fd: int, port: int, devices: int, channels: int, replay: st
 
 # ------------------------------------------------------------------------------------------------ driving a run
 def process_cpu() -> dict[int, float]:
-    """CPU seconds of every process (with its reaped children), kernel threads included, by pid."""
+    """CPU seconds of every process, kernel threads included, by pid (not its reaped children: a shell reaping a
+    long test run would count all of it at once)."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for name in os.listdir("/proc"):
@@ -527,13 +533,13 @@ def process_cpu() -> dict[int, float]:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # gone meanwhile
-            out[int(name)] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+            out[int(name)] = (int(fields[11]) + int(fields[12])) / tick  # utime stime
     return out
 
 
 def others_cpu(before: dict[int, float], after: dict[int, float], exclude: set[int]) -> float:
     """CPU seconds used between two ``process_cpu()`` snapshots by processes not in ``exclude`` (work of others
-    on this machine that skews the figures; a process that both started and ended in between is missed)."""
+    on this machine that skews the figures; a process that ended in between is missed)."""
     return sum(v - before.get(pid, 0.0) for pid, v in after.items() if pid not in exclude)
 
 
@@ -790,10 +796,16 @@ def main(quick: bool = False) -> None:
         runs: list[Run] = []
         for n in sizes:
             for mode in ("bare", "ours", "gw"):
-                if mode == "gw":
-                    r = measure_gateway(n, path, duration, warm, quiet)
-                else:
-                    r = measure(mode, n, path, duration, warm, SENDERS, quiet)
+                tries = []
+                for _ in range(2):  # once more if other work on the machine took more than BUSY_OTHER
+                    if mode == "gw":
+                        tries.append(measure_gateway(n, path, duration, warm, quiet))
+                    else:
+                        tries.append(measure(mode, n, path, duration, warm, SENDERS, quiet))
+                    if tries[-1].pct(tries[-1].other) <= BUSY_OTHER:
+                        break
+                r = min(tries, key=lambda t: t.other)
+                r.extra["tries"] = len(tries)
                 runs.append(r)
                 loss = 1 - r.received / max(r.sent, 1)
                 print(f"{n:>4} {mode:<5}{r.share:>6.1f}{r.per_stream:>9.3f}{r.us_per_packet:>7.2f}"

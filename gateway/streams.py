@@ -235,6 +235,13 @@ class StreamSession:
         if answer is not None and answer.media_ip and self.receiver is not None and self.device.peer is not None:
             # Behind NAT the SDP address and the SIP source differ: media may come from either.
             self.receiver.expect_host({answer.media_ip, self.device.peer.addr[0]})
+        if answer is not None and self.transport != "udp-single":
+            answered = _answered_transport(answer, self.transport)
+            if answered != self.transport:
+                # Devices in the field answer UDP to a TCP offer and the reverse: follow the answer.
+                log.info("device answered another transport", stream=str(self.key), offered=self.transport,
+                         answered=answered)
+                await self._switch_transport(answered)
         if self.transport == "tcp-active":
             if answer is None or not answer.media_port:
                 raise StreamError("device answer has no media port for TCP active")
@@ -243,6 +250,24 @@ class StreamSession:
             self._ingest = TcpActiveIngest(host, answer.media_port, self.receiver)
             await self._ingest.start()
         self.state = StreamState.WAITING_MEDIA
+
+    async def _switch_transport(self, transport: str) -> None:
+        """Receive on ``transport`` instead of what we offered (same port, a fresh receiver)."""
+        old = self.receiver
+        assert old is not None and self.port is not None
+        if self._ingest is not None:
+            await self._ingest.stop()  # closes the old receiver
+            self._ingest = None
+        self.receiver = RtpReceiver(expected_ssrc=old.expected_ssrc, expected_host=old.expected_hosts,
+                                    on_access_unit=self._on_access_unit)
+        self.transport = transport
+        if transport == "udp":
+            self._ingest = UdpIngest(self.port, self.receiver)
+            await self._ingest.start()
+        elif transport == "tcp-passive":
+            self._ingest = TcpPassiveIngest(self.port, self.receiver, old.expected_hosts)
+            await self._ingest.start()
+        # tcp-active: connected below, to the port in the answer
 
     def _send_ack(self, response: SipResponse) -> None:
         assert self.dialog is not None and self.device.peer is not None
@@ -376,6 +401,17 @@ class StreamSession:
         mgr._forget(self)
         log.info("stream stopped", stream=str(self.key), reason=reason,
                  call_id=self.invite.call_id if self.invite else None)
+
+
+def _answered_transport(answer: sdp.SessionDescription, offered: str) -> str:
+    """Our transport as the device's answer sets it (TCP roles: its ``a=setup`` is the opposite of ours)."""
+    if answer.transport is sdp.Transport.UDP:
+        return "udp"
+    if answer.setup is sdp.SetupRole.ACTIVE:
+        return "tcp-passive"  # the device connects: we listen
+    if answer.setup is sdp.SetupRole.PASSIVE:
+        return "tcp-active"  # the device listens: we connect
+    return offered if offered.startswith("tcp") else "tcp-passive"
 
 
 def _failure_label(exc: StreamError) -> str:

@@ -271,3 +271,22 @@ async def test_substream_asked_in_the_device_dialect(tmp_path: Path, dialect: st
             session.leave(sub)
         finally:
             await sim.stop()
+
+
+@pytest.mark.parametrize(("offered", "answered"), [("tcp-passive", "udp"), ("udp", "tcp-passive"),
+                                                   ("udp", "tcp-active")])
+async def test_answer_with_another_transport_is_followed(tmp_path: Path, offered: str, answered: str) -> None:
+    from gateway.sim.media import Misbehaviour
+
+    async with running_gateway(config(tmp_path, offered)) as gw:
+        sim = await started(gw)
+        dev = sim.devices[0]
+        try:
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            sim.device(channel).media.misbehave = Misbehaviour(answer_transport=answered)  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            assert (await asyncio.wait_for(sub.get(), 5)).keyframe
+            assert session.transport == answered
+            session.leave(sub)
+        finally:
+            await sim.stop()

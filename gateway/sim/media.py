@@ -137,6 +137,9 @@ class Misbehaviour:
     """Seconds between the INVITE and our final answer (100 Trying goes at once)."""
     reject: int = 0
     """Answer this status (e.g. 486, 488) instead of 200; 0: accept."""
+    answer_transport: str = ""
+    """Answer (and use) this transport instead of the offer's: 'udp', 'tcp-passive' or 'tcp-active' (named after
+    the platform's role, as ``MediaTransport``); '' follows the offer. Devices in the field do this."""
 
     def __post_init__(self) -> None:
         errors = [f"{name} = {getattr(self, name)!r}: expected a fraction from 0 to 1"
@@ -145,6 +148,9 @@ class Misbehaviour:
             errors.append(f"answer_delay = {self.answer_delay!r}: expected 0-3600 seconds")
         if self.reject and not 300 <= self.reject <= 699:
             errors.append(f"reject = {self.reject!r}: expected 0 or a status from 300 to 699")
+        if self.answer_transport not in ("", *(t.value for t in MediaTransport)):
+            errors.append(f"answer_transport = {self.answer_transport!r}: expected '', 'udp', 'tcp-passive'"
+                          " or 'tcp-active'")
         if errors:
             raise ValueError("; ".join(errors))
 
@@ -213,7 +219,8 @@ class MediaSession:
         self.misbehave = misbehave
         """Replace at any time: the stream applies the new value from its next burst."""
         self.rng = rng
-        self.transport = _offer_transport(offer)
+        self.transport = (MediaTransport(misbehave.answer_transport) if misbehave.answer_transport
+                          else _offer_transport(offer))
         self.mode = offer.play_mode or sdp.PlayMode.PLAY
         self.offer_ssrc = offer.ssrc
         """The offer's ``y=`` as an int; a random GB-style one if it has none (or one that is not decimal)."""
