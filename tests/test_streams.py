@@ -290,3 +290,41 @@ async def test_answer_with_another_transport_is_followed(tmp_path: Path, offered
             session.leave(sub)
         finally:
             await sim.stop()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-active"])
+async def test_h265_with_audio(tmp_path: Path, transport: str) -> None:
+    async with running_gateway(config(tmp_path, transport)) as gw:
+        sim = await started(gw, codec="h265")
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            units = []
+            while len([u for u in units if u.codec.is_video]) < 30:
+                units.append(await asyncio.wait_for(sub.get(), 5))
+            video = [u for u in units if u.codec.is_video]
+            assert video[0].codec is Codec.H265 and video[0].keyframe
+            assert decode(video, Codec.H265) >= 25
+            assert any(u.codec is Codec.G711A for u in units)
+            session.leave(sub)
+        finally:
+            await sim.stop()
+
+
+async def test_answer_without_gb28181_sdp_fields(tmp_path: Path) -> None:
+    from gateway.sim.media import Misbehaviour
+
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw)
+        try:
+            dev = sim.devices[0]
+            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+            sim.device(channel).media.misbehave = Misbehaviour(omit_sdp_fields=True)  # type: ignore[union-attr]
+            session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+            assert (await asyncio.wait_for(sub.get(), 5)).keyframe
+            live = next(iter(sim.device(channel).media.sessions.values()))  # type: ignore[union-attr]
+            assert "y=" not in str(live.answer)
+            session.leave(sub)
+        finally:
+            await sim.stop()

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import enum
 import ipaddress
 import random
@@ -137,6 +138,8 @@ class Misbehaviour:
     """Seconds between the INVITE and our final answer (100 Trying goes at once)."""
     reject: int = 0
     """Answer this status (e.g. 486, 488) instead of 200; 0: accept."""
+    omit_sdp_fields: bool = False
+    """Answer SDP without the GB28181 ``y=`` and ``f=`` lines (the SSRC on the wire stays the offer's)."""
     answer_transport: str = ""
     """Answer (and use) this transport instead of the offer's: 'udp', 'tcp-passive' or 'tcp-active' (named after
     the platform's role, as ``MediaTransport``); '' follows the offer. Devices in the field do this."""
@@ -450,6 +453,8 @@ class MediaSession:
             mode=self.mode, transport=sdp.Transport.UDP if self.transport is MediaTransport.UDP else sdp.Transport.TCP,
             setup=setup, start=start, end=end, media_info=media_info(self.device.config, source),
         )
+        if self.misbehave.omit_sdp_fields:
+            self.answer = dataclasses.replace(self.answer, y=None, f=None)
         resp = self._final(self.server, 200, bytes(self.answer))
         self.dialog = Dialog.from_uas(self.invite, resp)
         self.state = SessionState.WAITING_ACK
