@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -75,6 +74,7 @@ from media.rtp import Rfc4571Decoder, RtpError, parse_rtp
 
 from . import metrics
 from .metrics import NoMediaReason, PayloadKind, RtpDrop
+from .netutil import grow_receive_buffer
 
 __all__ = [
     "AccessUnitSink",
@@ -901,21 +901,6 @@ def _feed_failed(receiver: RtpReceiver) -> None:
     log.exception("rtp receiver failed on a packet", stream=receiver.name)
 
 
-def _grow_receive_buffer(transport: asyncio.BaseTransport, size: int) -> None:
-    """Best effort: a burst (a keyframe is ~100 packets at once) should not overflow the kernel's queue."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-        if option is None:
-            continue
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, size)  # FORCE needs CAP_NET_ADMIN; RCVBUF caps at rmem_max
-            return
-        except OSError:
-            continue
-
-
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, receiver: RtpReceiver, timer: _Timer, loop: asyncio.AbstractEventLoop) -> None:
         self._feed = receiver.feed
@@ -959,7 +944,7 @@ class UdpIngest:
         )
         if self.port == 0:
             self.port = self._transport.get_extra_info("sockname")[1]
-        _grow_receive_buffer(self._transport, self._rcvbuf)
+        grow_receive_buffer(self._transport, self._rcvbuf)
         _attach(self.receiver, loop)
 
     async def stop(self) -> None:
@@ -1034,7 +1019,7 @@ class SinglePortUdpIngest:
         )
         if self.port == 0:
             self.port = self._transport.get_extra_info("sockname")[1]
-        _grow_receive_buffer(self._transport, self._rcvbuf)
+        grow_receive_buffer(self._transport, self._rcvbuf)
 
     async def stop(self) -> None:
         if self._transport is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import socket
@@ -22,3 +23,19 @@ def local_ip_toward(host: str, listen: str) -> str:
             return str(sock.getsockname()[0])
     except OSError:
         return "127.0.0.1" if family == socket.AF_INET else "::1"
+
+
+def grow_receive_buffer(transport: asyncio.BaseTransport, size: int) -> None:
+    """Best effort: a burst (a keyframe, a registration storm) should overflow our counted queues, not the
+    kernel's silent one. SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by net.core.rmem_max."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            return
+        except OSError:
+            continue

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from sip.message import SipRequest, SipResponse, StreamParser, build_response
 
 from . import metrics
 from .config import SipConfig
+from .netutil import grow_receive_buffer
 
 log = structlog.get_logger("gateway.sip")
 
@@ -112,7 +112,7 @@ class SipServer:
                 continue
             self._udp = udp
             self.port = port
-            _grow_receive_buffer(udp)
+            grow_receive_buffer(udp, 4 << 20)
             break
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("sip listening", host=self.config.listen, port=self.port, transports=["udp", "tcp"])
@@ -377,24 +377,6 @@ class SipServer:
             for conn in [c for c in self._conns.values() if c.last_activity < cutoff]:
                 metrics.SIP_DROPPED.labels(metrics.SipDrop.TCP_IDLE.value).inc()
                 conn.transport.close()
-
-
-def _grow_receive_buffer(transport: asyncio.DatagramTransport, size: int = 4 << 20) -> None:
-    """A registration storm or flood should overflow our counted queue, not the kernel's silent one."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
-    try:
-        if force is not None:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)  # needs CAP_NET_ADMIN
-            return
-    except OSError:
-        pass
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # capped by net.core.rmem_max
-    except OSError:
-        pass
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
