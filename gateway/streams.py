@@ -109,6 +109,7 @@ class StreamSession:
         self.receiver: RtpReceiver | None = None
         self._ingest: Any = None
         self._ack: SipRequest | None = None
+        self._answer: sdp.SessionDescription | None = None
         self._started = manager.loop.time()
         self.first_frame_at: float | None = None
         self.last_frame_at: float | None = None
@@ -219,7 +220,25 @@ class StreamSession:
         dialog = Dialog.from_uac(invite, response)
         self.dialog = dialog
         mgr.by_call_id[invite.call_id] = self
-        self._send_ack(response)
+        try:
+            await self._apply_answer(response)
+        finally:
+            # After the listener of a switched transport is up: a device connecting right after our ACK must
+            # find it (and a 2xx is ACKed whatever happened).
+            self._send_ack(response)
+        if self.transport == "tcp-active":
+            answer = self._answer
+            if answer is None or not answer.media_port:
+                raise StreamError("device answer has no media port for TCP active")
+            host = answer.media_ip or (self.device.peer.addr[0] if self.device.peer else "127.0.0.1")
+            assert self.receiver is not None
+            self._ingest = TcpActiveIngest(host, answer.media_port, self.receiver)
+            await self._ingest.start()
+        self.state = StreamState.WAITING_MEDIA
+
+    async def _apply_answer(self, response: SipResponse) -> None:
+        """Take the device's SDP answer: its SSRC, its addresses, its transport."""
+        mgr = self.manager
         try:
             answer = sdp.parse(response.body) if response.body else None
         except sdp.SdpError as exc:
@@ -242,14 +261,7 @@ class StreamSession:
                 log.info("device answered another transport", stream=str(self.key), offered=self.transport,
                          answered=answered)
                 await self._switch_transport(answered)
-        if self.transport == "tcp-active":
-            if answer is None or not answer.media_port:
-                raise StreamError("device answer has no media port for TCP active")
-            host = answer.media_ip or (self.device.peer.addr[0] if self.device.peer else "127.0.0.1")
-            assert self.receiver is not None
-            self._ingest = TcpActiveIngest(host, answer.media_port, self.receiver)
-            await self._ingest.start()
-        self.state = StreamState.WAITING_MEDIA
+        self._answer = answer
 
     async def _switch_transport(self, transport: str) -> None:
         """Receive on ``transport`` instead of what we offered (same port, a fresh receiver)."""

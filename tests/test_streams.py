@@ -292,7 +292,7 @@ async def test_answer_with_another_transport_is_followed(tmp_path: Path, offered
             await sim.stop()
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp-active"])
+@pytest.mark.parametrize("transport", ["udp", "udp-single", "tcp-passive", "tcp-active"])
 async def test_h265_with_audio(tmp_path: Path, transport: str) -> None:
     async with running_gateway(config(tmp_path, transport)) as gw:
         sim = await started(gw, codec="h265")
