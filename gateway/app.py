@@ -115,8 +115,9 @@ class Gateway:
         components: list[tuple[str, Component]] = [
             ("store", _StoreComponent(self.store)),
             ("devices", self.devices),
-            ("streams", self.streams),
             ("sip", self.sip),
+            # Streams stop before SIP does, so that their BYEs still go out.
+            ("streams", self.streams),
         ]
         if self.demo:
             components.append(("demo", _DemoDevices(self)))

@@ -393,7 +393,8 @@ class StreamSession:
                       params=(("rport", None), ("branch", server.endpoint.new_branch())))
             try:
                 bye = self.dialog.create_request("BYE", via)
-                await asyncio.wait_for(server.request(bye, self.device.peer), 64 * mgr.config.sip.t1)
+                # Bounded well inside daemon.graceful_timeout; the transaction keeps retransmitting anyway.
+                await asyncio.wait_for(server.request(bye, self.device.peer), min(64 * mgr.config.sip.t1, 4.0))
             except Exception as exc:  # the device may be gone: the session ends anyway
                 log.info("stream BYE not answered", stream=str(self.key), error=str(exc))
         if self.dialog is not None:

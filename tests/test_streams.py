@@ -328,3 +328,20 @@ async def test_answer_without_gb28181_sdp_fields(tmp_path: Path) -> None:
             session.leave(sub)
         finally:
             await sim.stop()
+
+
+async def test_gateway_shutdown_sends_bye_to_streaming_devices(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw)
+        dev = sim.devices[0]
+        channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+        session, sub = await asyncio.wait_for(gw.streams.open(dev.device_id, channel), 10)
+        await asyncio.wait_for(sub.get(), 5)
+        media = sim.device(channel).media  # type: ignore[union-attr]
+        stopping = loop.time()
+    try:  # the gateway has stopped: the device saw our BYE, promptly
+        (ended,) = media.history
+        assert ended.bye_received_at is not None and ended.bye_received_at - stopping < 5
+    finally:
+        await sim.stop()
