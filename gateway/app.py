@@ -18,6 +18,7 @@ import structlog
 from . import __version__
 from .config import Config, resolve_state_dir
 from .devices import DeviceRegistry
+from .rtsp_server import RtspServer
 from .sim import SimConfig, Simulator
 from .sip_router import SipRouter
 from .sip_transport import SipServer
@@ -95,6 +96,7 @@ class Gateway:
         self.store = Store(resolve_state_dir(config) / STORE_FILE)
         self.devices = DeviceRegistry(config, self.router, self.store)
         self.streams = StreamManager(config, self.devices, self.router)
+        self.rtsp = RtspServer(config.rtsp, self.streams)
         self.sip: SipServer | None = None
 
     @property
@@ -118,6 +120,8 @@ class Gateway:
             ("sip", self.sip),
             # Streams stop before SIP does, so that their BYEs still go out.
             ("streams", self.streams),
+            # RTSP stops before the streams do: its viewers leave first.
+            ("rtsp", self.rtsp),
         ]
         if self.demo:
             components.append(("demo", _DemoDevices(self)))

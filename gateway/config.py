@@ -43,6 +43,7 @@ __all__ = [
     "DevicesConfig",
     "MediaConfig",
     "LogConfig",
+    "RtspConfig",
     "SipConfig",
     "is_loopback",
     "load_config",
@@ -397,6 +398,22 @@ class MediaConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class RtspConfig(_Section):
+    """``[rtsp]``: the RTSP server viewers play live streams from (``rtsp://host:port/<device>/<channel>``)."""
+
+    TABLE: ClassVar[str] = "rtsp"
+
+    listen: str = _field("127.0.0.1", _IP_ADDRESS)
+    """Local IP address the RTSP TCP listener binds to; '0.0.0.0' or '::' for every interface."""
+
+    port: int = _field(8554, _integer(0, 65535))
+    """RTSP TCP port; 0 picks a free ephemeral port (tests)."""
+
+    session_timeout: float = _field(60.0, _seconds(3600))
+    """Seconds an RTSP session may stay silent (no request, no RTCP) before it is torn down."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig(_Section):
     """``[log]``: what is logged and how it is rendered."""
 
@@ -434,6 +451,9 @@ class Config:
 
     media: MediaConfig = field(default_factory=MediaConfig)
     """``[media]``: live streams (RTP ports, transport, timeouts, linger)."""
+
+    rtsp: RtspConfig = field(default_factory=RtspConfig)
+    """``[rtsp]``: the RTSP server (listen address, port, session timeout)."""
 
     log: LogConfig = field(default_factory=LogConfig)
     """``[log]``: log level and format."""

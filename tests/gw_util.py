@@ -32,13 +32,14 @@ DEVICE = "34020000001320000001"
 
 
 def make_config(state_dir: Path, sip: dict[str, Any] | None = None, **devices: Any) -> Config:
-    """Short timers, an ephemeral SIP port, state under ``state_dir``."""
+    """Short timers, ephemeral SIP and RTSP ports, state under ``state_dir``."""
     dev: dict[str, Any] = {"keepalive_interval": 0.4, "keepalive_count": 3, "register_expires_min": 1,
                            "query_timeout": 3, "catalog_timeout": 3}
     dev.update(devices)
     return Config.from_mapping({
         "sip": {"port": 0, "t1": 0.1, "t2": 0.4, "t4": 0.5, **(sip or {})},
         "devices": dev,
+        "rtsp": {"port": 0},
         "daemon": {"state_dir": str(state_dir), "graceful_timeout": 5},
     })
 

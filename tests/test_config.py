@@ -301,10 +301,10 @@ def test_log_levels(level: str) -> None:
         ),
         (
             {"sipp": {"port": 1}},
-            "sipp = {'port': 1}: unknown table (did you mean [sip]?), expected one of [sip], [devices], [media], [log], [daemon]",
+            "sipp = {'port': 1}: unknown table (did you mean [sip]?), expected one of [sip], [devices], [media], [rtsp], [log], [daemon]",
         ),
-        ({"rtsp": {}}, "rtsp = {}: unknown table, expected one of [sip], [devices], [media], [log], [daemon]"),
-        ({"port": 5060}, "port = 5060: unknown table, expected one of [sip], [devices], [media], [log], [daemon]"),
+        ({"webrtc": {}}, "webrtc = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [log], [daemon]"),
+        ({"port": 5060}, "port = 5060: unknown table, expected one of [sip], [devices], [media], [rtsp], [log], [daemon]"),
         ({"daemon": 5}, "daemon = 5: expected a table [daemon]"),
         ({"log": ["info"]}, "log = ['info']: expected a table [log]"),
     ],
@@ -334,7 +334,7 @@ def test_all_errors_are_collected_across_tables_in_order() -> None:
         "sip.t2 = 1.0: expected a number of seconds >= sip.t1 (5.0)",
         "log.level = 'verbose': expected one of 'debug', 'info', 'warning', 'error'",
         "log.format = True: expected one of 'auto', 'json', 'console'",
-        "bogus = {}: unknown table, expected one of [sip], [devices], [media], [log], [daemon]",
+        "bogus = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [log], [daemon]",
         "daemon.graceful_timeout = -1: expected a number of seconds > 0 and <= 3600",
     )
 
@@ -512,7 +512,7 @@ _values = st.recursive(
 _field_names = [f.name for cls in Config.sections().values() for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 _keys = st.sampled_from([*_field_names, "bogus"])
 _tables = st.dictionaries(
-    st.sampled_from(["sip", "log", "daemon", "rtsp"]),
+    st.sampled_from(["sip", "log", "daemon", "rtsp", "bogus"]),
     st.one_of(st.dictionaries(_keys, _values, max_size=6), _scalars),
     max_size=4,
 )

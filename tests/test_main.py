@@ -47,7 +47,7 @@ def _write_config(
     state = state_dir if state_dir is not None else tmp_path / "state"
     path = tmp_path / "gateway.toml"
     path.write_text(
-        f'[sip]\nport = 0\n{sip}\n[log]\n{log}\n[daemon]\nstate_dir = "{state}"\n{daemon}\n', encoding="utf-8"
+        f'[sip]\nport = 0\n{sip}\n[rtsp]\nport = 0\n[log]\n{log}\n[daemon]\nstate_dir = "{state}"\n{daemon}\n', encoding="utf-8"
     )
     return path
 
@@ -209,7 +209,7 @@ def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     bad = tmp_path / "bad.toml"
     bad.write_text("[nope]\n", encoding="utf-8")
     assert main(["--check-config", "--config", str(bad)]) == 2
-    assert "  nope = {}: unknown table, expected one of [sip], [devices], [media], [log], [daemon]" in capsys.readouterr().err
+    assert "  nope = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [log], [daemon]" in capsys.readouterr().err
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"gb28181-gateway {__version__}\n"
 
@@ -259,7 +259,7 @@ def test_daemon_starts_and_stops_cleanly(tmp_path: Path, daemons: list[Daemon], 
 @pytest.mark.e2e
 def test_daemon_state_directory_from_systemd(tmp_path: Path, daemons: list[Daemon]) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text("[sip]\nport = 0\n", encoding="utf-8")
+    config.write_text("[sip]\nport = 0\n[rtsp]\nport = 0\n", encoding="utf-8")
     state = tmp_path / "lib" / "gb28181-gateway"
     d = Daemon(["--config", str(config)], cwd=tmp_path, env=_env(STATE_DIRECTORY=str(state)))
     daemons.append(d)
@@ -274,7 +274,7 @@ def test_daemon_state_directory_from_systemd(tmp_path: Path, daemons: list[Daemo
 @pytest.mark.e2e
 def test_daemon_default_state_directory_is_var(tmp_path: Path, daemons: list[Daemon]) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text("[sip]\nport = 0\n", encoding="utf-8")
+    config.write_text("[sip]\nport = 0\n[rtsp]\nport = 0\n", encoding="utf-8")
     d = Daemon(["--config", str(config)], cwd=tmp_path, env=_env())
     daemons.append(d)
     assert d.wait_for_event("state directory")["path"] == str(tmp_path / "var")
