@@ -76,8 +76,6 @@ _MASK33 = (1 << 33) - 1
 _HALF33 = 1 << 32
 
 _pack_rtp = struct.Struct("!BBHII").pack
-_pack_rtp_fua = struct.Struct("!BBHIIBB").pack  # RTP header + FU indicator + FU header
-_pack_rtp_fu265 = struct.Struct("!BBHIIBBB").pack  # RTP header + 2-byte payload header + FU header
 _pack_rtp_au = struct.Struct("!BBHIIHH").pack  # RTP header + AU-headers-length + one AU header
 _pack_h = struct.Struct("!H").pack
 
@@ -93,6 +91,9 @@ _H265_SPS = 33
 _H265_PPS = 34
 _H265_DROP = frozenset({35, 38})  # AUD, FD
 _FU_265 = 49
+
+
+_BYTE = tuple(bytes((i,)) for i in range(256))
 
 
 class PacketizeError(ValueError):
@@ -153,6 +154,56 @@ class _VideoPacketizer(_Packetizer):
         return ts
 
 
+    def _fu_prefix(self, view: memoryview) -> tuple[bytes, int]:
+        """The fragmentation unit's prefix for this NAL unit (everything before the FU header) and its type."""
+        raise NotImplementedError
+
+    def _packets(self, nals: list[bytes | memoryview], ts: int) -> list[bytes]:
+        """Single NAL unit packets, or FU fragments (H.264 FU-A, H.265 FU) for NAL units above the MTU.
+
+        A fragment carries the FU prefix (1 byte for H.264, 2 for H.265, in place of the NAL header) and a
+        one-byte FU header (start bit, end bit, the NAL type); the marker goes on the access unit's last packet.
+        """
+        out: list[bytes] = []
+        mtu = self.mtu
+        pt = self.pt
+        ssrc = self.ssrc
+        seq = self.seq
+        octets = 0
+        last = len(nals) - 1
+        for i, nal in enumerate(nals):
+            n = len(nal)
+            octets += n
+            if n <= mtu:
+                b1 = pt | 0x80 if i == last else pt
+                out.append(_pack_rtp(0x80, b1, seq, ts, ssrc) + nal)
+                seq = (seq + 1) & _MASK16
+                continue
+            view = memoryview(nal)
+            prefix, typ = self._fu_prefix(view)
+            pos = len(prefix)  # the NAL header is replaced by the prefix and FU header
+            chunk = mtu - pos - 1
+            start = 0x80
+            while pos < n:
+                end = pos + chunk
+                if end >= n:
+                    end = n
+                    fuh = start | 0x40 | typ
+                    b1 = pt | 0x80 if i == last else pt
+                else:
+                    fuh = start | typ
+                    b1 = pt
+                out.append(b"".join((_pack_rtp(0x80, b1, seq, ts, ssrc), prefix, _BYTE[fuh], view[pos:end])))
+                seq = (seq + 1) & _MASK16
+                octets += 1  # prefix + FU header are one byte more than the NAL header they replace
+                start = 0
+                pos = end
+        self.seq = seq
+        self.packets += len(out)
+        self.octets += octets
+        return out
+
+
 class H264Packetizer(_VideoPacketizer):
     """RFC 6184 packetization-mode 1: single NAL unit packets and FU-A (see the module docstring)."""
 
@@ -196,47 +247,10 @@ class H264Packetizer(_VideoPacketizer):
                 self.inserted_parameter_sets += 1
         return self._packets(nals, ts)
 
-    def _packets(self, nals: list[bytes | memoryview], ts: int) -> list[bytes]:
-        out: list[bytes] = []
-        mtu = self.mtu
-        pt = self.pt
-        ssrc = self.ssrc
-        seq = self.seq
-        octets = 0
-        last = len(nals) - 1
-        chunk = mtu - 2
-        for i, nal in enumerate(nals):
-            n = len(nal)
-            octets += n
-            if n <= mtu:
-                b1 = pt | 0x80 if i == last else pt
-                out.append(_pack_rtp(0x80, b1, seq, ts, ssrc) + nal)
-                seq = (seq + 1) & _MASK16
-                continue
-            view = memoryview(nal)
-            h = view[0]
-            ind = (h & 0xE0) | _FU_A
-            typ = h & 0x1F
-            pos = 1
-            start = 0x80
-            while pos < n:
-                end = pos + chunk
-                if end >= n:
-                    end = n
-                    fuh = start | 0x40 | typ
-                    b1 = pt | 0x80 if i == last else pt
-                else:
-                    fuh = start | typ
-                    b1 = pt
-                out.append(_pack_rtp_fua(0x80, b1, seq, ts, ssrc, ind, fuh) + view[pos:end])
-                seq = (seq + 1) & _MASK16
-                octets += 1  # FU indicator + FU header replace the NAL header byte
-                start = 0
-                pos = end
-        self.seq = seq
-        self.packets += len(out)
-        self.octets += octets
-        return out
+    def _fu_prefix(self, view: memoryview) -> tuple[bytes, int]:
+        """RFC 6184 §5.8: the FU indicator (F and NRI of the NAL header, type 28) and the NAL type."""
+        h = view[0]
+        return _BYTE[(h & 0xE0) | _FU_A], h & 0x1F
 
 
 class H265Packetizer(_VideoPacketizer):
@@ -290,48 +304,10 @@ class H265Packetizer(_VideoPacketizer):
                 self.inserted_parameter_sets += 1
         return self._packets(nals, ts)
 
-    def _packets(self, nals: list[bytes | memoryview], ts: int) -> list[bytes]:
-        out: list[bytes] = []
-        mtu = self.mtu
-        pt = self.pt
-        ssrc = self.ssrc
-        seq = self.seq
-        octets = 0
-        last = len(nals) - 1
-        chunk = mtu - 3
-        for i, nal in enumerate(nals):
-            n = len(nal)
-            octets += n
-            if n <= mtu:
-                b1 = pt | 0x80 if i == last else pt
-                out.append(_pack_rtp(0x80, b1, seq, ts, ssrc) + nal)
-                seq = (seq + 1) & _MASK16
-                continue
-            view = memoryview(nal)
-            h0 = view[0]
-            ph0 = (h0 & 0x81) | (_FU_265 << 1)
-            ph1 = view[1]
-            typ = (h0 >> 1) & 0x3F
-            pos = 2
-            start = 0x80
-            while pos < n:
-                end = pos + chunk
-                if end >= n:
-                    end = n
-                    fuh = start | 0x40 | typ
-                    b1 = pt | 0x80 if i == last else pt
-                else:
-                    fuh = start | typ
-                    b1 = pt
-                out.append(_pack_rtp_fu265(0x80, b1, seq, ts, ssrc, ph0, ph1, fuh) + view[pos:end])
-                seq = (seq + 1) & _MASK16
-                octets += 1  # 2-byte payload header + FU header replace the 2-byte NAL header
-                start = 0
-                pos = end
-        self.seq = seq
-        self.packets += len(out)
-        self.octets += octets
-        return out
+    def _fu_prefix(self, view: memoryview) -> tuple[bytes, int]:
+        """RFC 7798 §4.4.3: the payload header (F, LayerId and TID of the NAL header, type 49) and the type."""
+        h0 = view[0]
+        return _BYTE[(h0 & 0x81) | (_FU_265 << 1)] + _BYTE[view[1]], (h0 >> 1) & 0x3F
 
 
 class G711Packetizer(_Packetizer):
