@@ -531,17 +531,23 @@ class DeviceRegistry:
         """A fresh MANSCDP SN for a query or command we send."""
         return next(self._sn)
 
+    def via_toward(self, dev: Device) -> Via:
+        """Our Via for a new request to ``dev`` (in or out of dialog): our address on the route toward it, our
+        SIP port, ``rport`` and a fresh branch."""
+        if self._server is None or dev.peer is None:
+            raise QueryFailed("device has no route")
+        local = local_ip_toward(dev.peer.addr[0], self.config.sip.listen)
+        return Via(transport=dev.peer.transport.value, host=local, port=self._server.port,
+                   params=(("rport", None), ("branch", self._server.endpoint.new_branch())))
+
     def device_request(self, dev: Device, method: str, body: bytes = b"",
                        content_type: str | None = None) -> SipRequest:
         """An out-of-dialog request from us (the platform) to ``dev``."""
-        if self._server is None or dev.peer is None:
-            raise QueryFailed("device has no route")
+        via = self.via_toward(dev)
+        assert self._server is not None and dev.peer is not None
         server = self._server
         sip = self.config.sip
         host, port = dev.peer.addr
-        local = local_ip_toward(host, sip.listen)
-        via = Via(transport=dev.peer.transport.value, host=local, port=server.port,
-                  params=(("rport", None), ("branch", server.endpoint.new_branch())))
         return build_request(
             method, SipUri(host=host if ":" not in host else f"[{host}]", port=port, user=dev.device_id),
             via=via,

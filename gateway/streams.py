@@ -36,7 +36,7 @@ from sip import manscdp
 from sip.dialog import Dialog
 from sip.endpoint import RequestReceived, ResponseReceived, SipEvent
 from sip.errors import CallDoesNotExist
-from sip.message import NameAddr, SipRequest, SipResponse, SipUri, Via, build_request, build_response
+from sip.message import NameAddr, SipRequest, SipResponse, SipUri, build_request, build_response
 
 from . import metrics
 from .config import Config
@@ -198,9 +198,8 @@ class StreamSession:
         dev = self.device
         assert dev.peer is not None
         host, port = dev.peer.addr
-        local = local_ip_toward(host, sip.listen)
-        via = Via(transport=dev.peer.transport.value, host=local, port=server.port,
-                  params=(("rport", None), ("branch", server.endpoint.new_branch())))
+        via = mgr.registry.via_toward(dev)
+        local = via.host
         return build_request(
             "INVITE", SipUri(host=host, port=port, user=self.key.channel_id),
             via=via,
@@ -285,10 +284,7 @@ class StreamSession:
         assert self.dialog is not None and self.device.peer is not None
         server = self.manager.server
         if self._ack is None:
-            via = Via(transport=self.device.peer.transport.value, host=local_ip_toward(
-                self.device.peer.addr[0], self.manager.config.sip.listen), port=server.port,
-                params=(("rport", None), ("branch", server.endpoint.new_branch())))
-            self._ack = self.dialog.create_ack(response, via)
+            self._ack = self.dialog.create_ack(response, self.manager.registry.via_toward(self.device))
         server.send_stateless(self._ack, self.device.peer)
 
     # ------------------------------------------------------------------------------------------ media
@@ -388,11 +384,8 @@ class StreamSession:
         self.state = StreamState.FAILED if failed else StreamState.STOPPED
         if send_bye and self.dialog is not None and self.device.peer is not None:
             server = mgr.server
-            via = Via(transport=self.device.peer.transport.value,
-                      host=local_ip_toward(self.device.peer.addr[0], mgr.config.sip.listen), port=server.port,
-                      params=(("rport", None), ("branch", server.endpoint.new_branch())))
             try:
-                bye = self.dialog.create_request("BYE", via)
+                bye = self.dialog.create_request("BYE", mgr.registry.via_toward(self.device))
                 # Bounded well inside daemon.graceful_timeout; the transaction keeps retransmitting anyway.
                 await asyncio.wait_for(server.request(bye, self.device.peer), min(64 * mgr.config.sip.t1, 4.0))
             except Exception as exc:  # the device may be gone: the session ends anyway
