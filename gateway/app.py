@@ -20,6 +20,7 @@ from .config import Config, resolve_state_dir
 from .devices import DeviceRegistry
 from .rtsp_server import RtspServer
 from .sim import SimConfig, Simulator
+from .sim.config import channel_id
 from .sip_router import SipRouter
 from .sip_transport import SipServer
 from .store import Store
@@ -56,9 +57,8 @@ class _StoreComponent:
 
 
 class _DemoDevices:
-    """``--demo``: simulated cameras in this process, registering to our own SIP port like real ones.
-
-    Video arrives with the live-stream work; today they register, keep alive and answer catalog queries.
+    """``--demo``: simulated cameras in this process, registering to our own SIP port like real ones, answering
+    INVITE with a generated H.264 + G.711A clip (moving pattern, clock). Their RTSP URLs are logged at start.
     Their SIP traffic is counted in the gateway's SIP metrics too (they share the process).
     """
 
@@ -77,7 +77,12 @@ class _DemoDevices:
             keepalive_interval=min(60.0, config.devices.keepalive_interval), local_host=host,
         ))
         await self.sim.start()
-        log.info("demo devices started", devices=[d.device_id for d in self.sim.devices])
+        rtsp = self.gateway.rtsp
+        host = "127.0.0.1" if rtsp.config.listen in ("0.0.0.0", "::") else rtsp.config.listen
+        urls = [f"rtsp://{host}:{rtsp.port}/{d.device_id}/{channel_id(d.device_id, i)}"
+                for d in self.sim.devices for i in range(DEMO_CHANNELS)]
+        log.info("demo devices started", devices=[d.device_id for d in self.sim.devices], rtsp=urls)
+        log.info("watch a demo camera: ffplay -rtsp_transport tcp " + urls[0])
 
     async def stop(self) -> None:
         if self.sim is not None:

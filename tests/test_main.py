@@ -288,7 +288,9 @@ def test_daemon_default_state_directory_is_var(tmp_path: Path, daemons: list[Dae
 def test_daemon_demo_mode_starts_simulated_devices(tmp_path: Path, daemons: list[Daemon]) -> None:
     d = Daemon(["--config", str(_write_config(tmp_path)), "--demo"], cwd=tmp_path, env=_env())
     daemons.append(d)
-    assert len(d.wait_for_event("demo devices started")["devices"]) == 3
+    started_demo = d.wait_for_event("demo devices started")
+    assert len(started_demo["devices"]) == 3
+    assert len(started_demo["rtsp"]) == 6 and all(u.startswith("rtsp://127.0.0.1:") for u in started_demo["rtsp"])
     assert d.wait_for_event("gateway started")["demo"] is True
     assert d.wait_for_event("device registered")["new"] is True
     d.signal(signal.SIGTERM)
