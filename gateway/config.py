@@ -412,6 +412,42 @@ class RtspConfig(_Section):
     session_timeout: float = _field(60.0, _seconds(3600))
     """Seconds an RTSP session may stay silent (no request, no RTCP) before it is torn down."""
 
+    udp_port: int = _field(0, _Rule("0 or an even integer 1024..65534", lambda v: type(v) is int and (
+        v == 0 or (1024 <= v <= 65534 and v % 2 == 0))))
+    """Even UDP port RTP to UDP viewers is sent from (RTCP uses the next one); 0 picks a free pair at start."""
+
+    udp_pace_rate: float = _field(20.0, _Rule("a number of Mbit/s > 0 and <= 10000",
+                                              lambda v: type(v) in (int, float) and 0 < v <= 10000, float))
+    """Mbit/s at most sent to one UDP viewer (bursts of 64 KiB): a cached GOP is spread out, not dumped at once."""
+
+    max_connections: int = _field(1024, _integer(1, 100_000))
+    """Open RTSP connections at most; beyond it requests are answered 503 and the connection is closed."""
+
+    auth: str = _field("auto", _one_of("auto", "none", "digest", "basic"))
+    """Viewer authentication: 'digest', 'basic', 'none', or 'auto': none on a loopback listen, else digest."""
+
+    username: str = _field("viewer", _Rule("a non-empty string without ':'",
+                                           lambda v: type(v) is str and v != "" and ":" not in v))
+    """User name viewers authenticate with when auth is on."""
+
+    password: str = _field("", _Rule("a string", lambda v: type(v) is str), secret=True)
+    """Viewer password; must be set when auth is on (auth 'auto' turns it on beyond loopback)."""
+
+    @property
+    def effective_auth(self) -> str:
+        """'none', 'digest' or 'basic': what ``auth`` means for this ``listen`` address."""
+        if self.auth != "auto":
+            return self.auth
+        return "none" if is_loopback(self.listen) else "digest"
+
+    def _cross_check(self, bad: set[str]) -> list[str]:
+        if bad & {"listen", "auth", "password"} or self.effective_auth == "none" or self.password:
+            return []
+        why = "rtsp.auth = 'auto' and rtsp.listen is not a loopback address" if self.auth == "auto" else \
+            f"rtsp.auth = {self.auth!r}"
+        return [f"rtsp.password = '': expected a viewer password, because {why} (or set rtsp.auth = 'none' to"
+                " let anyone who can reach the port watch)"]
+
 
 @dataclass(frozen=True, slots=True)
 class LogConfig(_Section):

@@ -129,6 +129,32 @@ FANOUT_KEYFRAME_REQUESTS = Counter(
 for _gop_reason in GOP_CACHE_DROP_REASONS:
     GOP_CACHE_DROPPED.labels(_gop_reason)
 
+# ---------------------------------------------------------------------------------------------- egress
+VIEWER_PROTOCOLS = ("rtsp",)
+VIEWERS = Gauge("gb28181_viewers", "Viewers currently playing a stream, by protocol", ["protocol"])
+RTSP_CONNECTIONS = Gauge("gb28181_rtsp_connections", "RTSP connections currently open")
+RTSP_CONNECTIONS_REFUSED = Counter("gb28181_rtsp_connections_refused_total",
+                                   "RTSP connections refused because rtsp.max_connections were open")
+RTSP_METHODS = ("OPTIONS", "DESCRIBE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER", "SET_PARAMETER",
+                "other")
+RTSP_REQUESTS = Counter("gb28181_rtsp_requests_total", "RTSP requests answered, by method and status class",
+                        ["method", "status"])
+RTSP_AUTH_FAILURES = Counter("gb28181_rtsp_auth_failures_total",
+                             "RTSP requests refused 401 after carrying wrong or unusable credentials")
+# Summed per viewer and added about once a second (see the RTP counters below).
+RTSP_SENT_BYTES = Counter("gb28181_rtsp_sent_bytes_total", "RTP and RTCP bytes sent to RTSP viewers, by transport",
+                          ["transport"])
+RTSP_SENT_PACKETS = Counter("gb28181_rtsp_sent_packets_total", "RTP packets sent to RTSP viewers, by transport",
+                            ["transport"])
+RTSP_UDP_PACED_DROPS = Counter(
+    "gb28181_rtsp_udp_paced_drops_total",
+    "Access units UDP viewers skipped because their paced send queue was full (they resume at a keyframe)")
+for _proto in VIEWER_PROTOCOLS:
+    VIEWERS.labels(_proto)
+for _transport in ("tcp", "udp"):
+    RTSP_SENT_BYTES.labels(_transport)
+    RTSP_SENT_PACKETS.labels(_transport)
+
 # ---------------------------------------------------------------------------------------------- media ingest
 class RtpDrop(enum.Enum):
     """Why a datagram (or RTP packet over TCP) on a media port did not reach a demuxer."""

@@ -54,6 +54,7 @@ from .h264 import profile_level_id, split_annexb
 __all__ = [
     "AAC_SAMPLE_RATES",
     "AacPacketizer",
+    "adts_info",
     "G711Packetizer",
     "H264Packetizer",
     "H265Packetizer",
@@ -366,6 +367,15 @@ def _adts_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int
     if flen <= hsize:
         raise PacketizeError(f"ADTS frame_length {flen} is too small")
     return hsize, flen, sfi, b2 >> 6, ((b2 & 1) << 2) | (b3 >> 6), (b6 & 0x03) + 1
+
+
+def adts_info(adts: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """``(sample rate, channel configuration)`` of an ADTS header (for ``a=rtpmap`` ``MPEG4-GENERIC/rate/ch``).
+
+    Raises ``PacketizeError`` if ``adts`` does not start with a valid ADTS header.
+    """
+    _, _, sfi, _, channels, _ = _adts_header(adts)
+    return AAC_SAMPLE_RATES[sfi], channels
 
 
 def adts_config(adts: bytes | bytearray | memoryview) -> bytes:

@@ -44,8 +44,12 @@ __all__ = [
     "RtcpPacketType",
     "RtpError",
     "RtpPacket",
+    "NTP_EPOCH_OFFSET",
+    "build_rtcp_bye",
     "build_rtp",
+    "build_sender_report",
     "is_rtcp",
+    "ntp_timestamp",
     "parse_rtp",
     "rfc4571_frame",
 ]
@@ -131,6 +135,57 @@ def build_rtp(
         _pack_header(0x80, (pt & 0x7F) | (0x80 if marker else 0), seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
         + payload
     )
+
+
+#: Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+NTP_EPOCH_OFFSET = 2_208_988_800
+_SR = struct.Struct("!BBHIIIIII")
+_RTCP_HEAD = struct.Struct("!BBHI")
+
+
+def ntp_timestamp(unix_time: float) -> int:
+    """The 64-bit NTP timestamp (RFC 3550 §4: seconds since 1900 in 32.32 fixed point) of a Unix time."""
+    return int((unix_time + NTP_EPOCH_OFFSET) * (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _sdes_cname(ssrc: int, cname: str) -> bytes:
+    text = cname.encode("utf-8")[:255]
+    chunk = _pack_header_ssrc(ssrc) + bytes((1, len(text))) + text + b"\x00"  # CNAME item, then END
+    chunk += b"\x00" * (-len(chunk) % 4)
+    return bytes((0x81, RtcpPacketType.SDES)) + (len(chunk) // 4).to_bytes(2, "big") + chunk
+
+
+def _pack_header_ssrc(ssrc: int) -> bytes:
+    return (ssrc & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def build_sender_report(ssrc: int, ntp: int, rtp_timestamp: int, packets: int, octets: int,
+                        cname: str) -> bytes:
+    """A compound RTCP packet: a sender report without report blocks, then SDES with ``cname`` (RFC 3550 §6.1).
+
+    ``ntp`` is a 64-bit NTP timestamp (``ntp_timestamp``) of the same instant as ``rtp_timestamp``; counts are
+    taken modulo 2**32.
+    """
+    sr = _SR.pack(0x80, RtcpPacketType.SR, 6, ssrc & 0xFFFFFFFF, ntp >> 32, ntp & 0xFFFFFFFF,
+                  rtp_timestamp & 0xFFFFFFFF, packets & 0xFFFFFFFF, octets & 0xFFFFFFFF)
+    return sr + _sdes_cname(ssrc, cname)
+
+
+def build_rtcp_bye(ssrc: int, reason: str = "", *, packets: int = 0, octets: int = 0, ntp: int = 0,
+                   rtp_timestamp: int = 0, cname: str = "") -> bytes:
+    """A compound RTCP packet ending a stream: SR (empty RR when ``ntp`` is 0), SDES CNAME, BYE with ``reason``."""
+    if ntp:
+        head = _SR.pack(0x80, RtcpPacketType.SR, 6, ssrc & 0xFFFFFFFF, ntp >> 32, ntp & 0xFFFFFFFF,
+                        rtp_timestamp & 0xFFFFFFFF, packets & 0xFFFFFFFF, octets & 0xFFFFFFFF)
+    else:
+        head = _RTCP_HEAD.pack(0x80, RtcpPacketType.RR, 1, ssrc & 0xFFFFFFFF)
+    body = _pack_header_ssrc(ssrc)
+    text = reason.encode("utf-8")[:255]
+    if text:
+        body += bytes((len(text),)) + text
+        body += b"\x00" * (-len(body) % 4)
+    bye = bytes((0x81, RtcpPacketType.BYE)) + (len(body) // 4).to_bytes(2, "big") + body
+    return head + _sdes_cname(ssrc, cname or "gateway") + bye
 
 
 def is_rtcp(buf: bytes | bytearray | memoryview) -> bool:

@@ -436,3 +436,53 @@ def test_capture_byte_by_byte_prefix(capture: tuple[bytes, list[bytes]]) -> None
     assert len(got) >= 20
     rest = dec.feed(data[30000:])
     assert got + [bytes(f) for f in rest] == packets
+
+
+# --- RTCP sender reports and BYE (RTSP egress) ----------------------------------------------------------
+
+
+def _rtcp_packets(buf: bytes) -> list[tuple[int, int, bytes]]:
+    """(count, type, body) of each packet in a compound RTCP packet, checking the length fields."""
+    out = []
+    pos = 0
+    while pos < len(buf):
+        b0, pt, length = struct.unpack_from("!BBH", buf, pos)
+        assert b0 >> 6 == 2
+        end = pos + 4 + 4 * length
+        assert end <= len(buf)
+        out.append((b0 & 0x1F, pt, buf[pos + 4:end]))
+        pos = end
+    assert pos == len(buf)
+    return out
+
+
+def test_ntp_timestamp_of_unix_epoch_and_fraction() -> None:
+    from media.rtp import NTP_EPOCH_OFFSET, ntp_timestamp
+    assert ntp_timestamp(0.0) == NTP_EPOCH_OFFSET << 32
+    assert ntp_timestamp(1.5) == ((NTP_EPOCH_OFFSET + 1) << 32) | (1 << 31)
+
+
+def test_sender_report_layout() -> None:
+    from media.rtp import build_sender_report, ntp_timestamp
+    ntp = ntp_timestamp(1_700_000_000.25)
+    buf = build_sender_report(0xDEADBEEF, ntp, 0x1_2345_6789, 1234, 567_890, "gw@example")
+    packets = _rtcp_packets(buf)
+    assert [p[1] for p in packets] == [200, 202]
+    ssrc, hi, lo, ts, count, octets = struct.unpack("!IIIIII", packets[0][2])
+    assert (ssrc, (hi << 32) | lo, ts, count, octets) == (0xDEADBEEF, ntp, 0x2345_6789, 1234, 567_890)
+    sdes = packets[1][2]
+    assert packets[1][0] == 1 and sdes[:4] == b"\xde\xad\xbe\xef"
+    assert sdes[4] == 1 and sdes[6:6 + sdes[5]] == b"gw@example" and sdes[6 + sdes[5]] == 0
+    assert len(buf) % 4 == 0
+
+
+def test_rtcp_bye_carries_reason_and_is_recognised() -> None:
+    from media.rtp import build_rtcp_bye, is_rtcp
+    buf = build_rtcp_bye(7, "camera went offline")
+    assert is_rtcp(buf)
+    packets = _rtcp_packets(buf)
+    assert [p[1] for p in packets] == [201, 202, 203]
+    bye = packets[2][2]
+    assert bye[:4] == (7).to_bytes(4, "big") and bye[5:5 + bye[4]] == b"camera went offline"
+    assert [p[1] for p in _rtcp_packets(build_rtcp_bye(7, ntp=1 << 32))] == [200, 202, 203]
+    assert [p[1] for p in _rtcp_packets(build_rtcp_bye(7))] == [201, 202, 203]
