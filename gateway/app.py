@@ -11,6 +11,7 @@ be called more than once. The deadline on ``stop()`` (``daemon.graceful_timeout`
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -20,7 +21,7 @@ from .config import Config, resolve_state_dir
 from .devices import DeviceRegistry
 from .rtsp_server import RtspServer
 from .sim import SimConfig, Simulator
-from .sim.config import channel_id
+from .sim.config import channel_id, device_ids
 from .sip_router import SipRouter
 from .sip_transport import SipServer
 from .store import Store
@@ -40,7 +41,9 @@ class Component(Protocol):
 
 
 STORE_FILE = "gateway.sqlite3"
-DEMO_DEVICES = 3
+DEMO_MEDIA = (("h264", "g711a", 8000), ("h265", "g711a", 8000), ("h264", "aac", 16000))
+"""(video, audio, audio sample rate) of each demo device, in device-ID order; a device's channels all send it."""
+DEMO_DEVICES = len(DEMO_MEDIA)
 DEMO_CHANNELS = 2
 
 
@@ -56,37 +59,72 @@ class _StoreComponent:
         await self.store.close()
 
 
+class _Call:
+    """A component that only calls ``fn`` at start."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    async def start(self) -> None:
+        self.fn()
+
+    async def stop(self) -> None:
+        pass
+
+
 class _DemoDevices:
     """``--demo``: simulated cameras in this process, registering to our own SIP port like real ones, answering
-    INVITE with a generated H.264 + G.711A clip (moving pattern, clock). Their RTSP URLs are logged at start.
-    Their SIP traffic is counted in the gateway's SIP metrics too (they share the process).
+    INVITE with a generated clip (moving pattern, clock, a tone beeping every second). One ``Simulator`` per device
+    (each with its own SIP port, as separate cameras have), so that each sends its own media (``DEMO_MEDIA``):
+    device 1 H.264 + G.711A, device 2 H.265 + G.711A (H.264, with a warning, if PyAV lacks libx265), device 3
+    H.264 + AAC-LC 16 kHz; ``DEMO_CHANNELS`` channels each. Their RTSP URLs, with each one's codecs, are logged at
+    start. Their SIP traffic is counted in the gateway's SIP metrics too (they share the process).
     """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.sim: Simulator | None = None
+        self.sims: list[Simulator] = []
 
     async def start(self) -> None:
+        import av  # only the demo needs to know what PyAV can encode
+
         config = self.gateway.config
         assert self.gateway.sip is not None
         listen = config.sip.listen
         host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
-        self.sim = Simulator(SimConfig(
-            server=(host, self.gateway.sip.port), platform_id=config.sip.platform_id, domain=config.sip.domain,
-            password=config.sip.password, devices=DEMO_DEVICES, channels=DEMO_CHANNELS,
-            keepalive_interval=min(60.0, config.devices.keepalive_interval), local_host=host,
-        ))
-        await self.sim.start()
+        ids = device_ids(SimConfig().first_id, DEMO_DEVICES)
+        try:
+            for device_id, (video, audio, rate) in zip(ids, DEMO_MEDIA, strict=True):
+                if video == "h265" and "libx265" not in av.codecs_available:
+                    log.warning("PyAV has no libx265 encoder: the H.265 demo camera sends H.264", device=device_id)
+                    video = "h264"
+                sim = Simulator(SimConfig(
+                    server=(host, self.gateway.sip.port), platform_id=config.sip.platform_id,
+                    domain=config.sip.domain, password=config.sip.password, devices=1, first_id=device_id,
+                    channels=DEMO_CHANNELS, keepalive_interval=min(60.0, config.devices.keepalive_interval),
+                    local_host=host, codec=video, audio=audio, audio_rate=rate,
+                ))
+                self.sims.append(sim)  # before start(): stop() also closes one that failed half-way
+                await sim.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    def announce(self) -> None:
+        """Log every demo channel's RTSP URL (once the RTSP server listens, so the port is the real one)."""
         rtsp = self.gateway.rtsp
         host = "127.0.0.1" if rtsp.config.listen in ("0.0.0.0", "::") else rtsp.config.listen
-        urls = [f"rtsp://{host}:{rtsp.port}/{d.device_id}/{channel_id(d.device_id, i)}"
-                for d in self.sim.devices for i in range(DEMO_CHANNELS)]
-        log.info("demo devices started", devices=[d.device_id for d in self.sim.devices], rtsp=urls)
-        log.info("watch a demo camera: ffplay -rtsp_transport tcp " + urls[0])
+        cameras = [{"url": f"rtsp://{host}:{rtsp.port}/{d.device_id}/{channel_id(d.device_id, i)}",
+                    "video": sim.config.codec, "audio": sim.config.audio}
+                   for sim in self.sims for d in sim.devices for i in range(DEMO_CHANNELS)]
+        log.info("demo devices started", devices=[d.device_id for sim in self.sims for d in sim.devices],
+                 rtsp=cameras)
+        log.info("watch a demo camera: ffplay -rtsp_transport tcp " + cameras[0]["url"])
 
     async def stop(self) -> None:
-        if self.sim is not None:
-            await self.sim.stop()
+        sims, self.sims = self.sims, []
+        for sim in reversed(sims):
+            await sim.stop()
 
 
 class Gateway:
@@ -113,7 +151,7 @@ class Gateway:
         """Every component, in start order; they stop in reverse.
 
         Planned order: SIP server, device registry, stream manager and RTP ingest, RTSP, HTTP API, and in demo
-        mode the simulators last (they register to the SIP server, so it must be up first).
+        mode the simulators right after SIP (they register to it; they stop after the streams BYE them).
         """
         self.sip = SipServer(self.config.sip, self.router)
         self.devices.attach(self.sip)
@@ -129,7 +167,11 @@ class Gateway:
             ("rtsp", self.rtsp),
         ]
         if self.demo:
-            components.append(("demo", _DemoDevices(self)))
+            # The demo cameras start after SIP and stop after the streams (which BYE them while they still
+            # answer); their URLs are logged once RTSP listens.
+            demo = _DemoDevices(self)
+            components.insert(3, ("demo", demo))
+            components.append(("demo-urls", _Call(demo.announce)))
         return components
 
     async def start(self) -> None:

@@ -667,7 +667,8 @@ class _Connection(asyncio.Protocol):
                or not cache.has_keyframe) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.server.audio_of(session) is None:
-            deadline = self.loop.time() + AUDIO_WAIT
+            # Audio, if any, arrives with the first frames: a stream flowing for a while without any has none.
+            deadline = (session.first_frame_at or self.loop.time()) + AUDIO_WAIT
             while self.server.audio_of(session) is None and self.loop.time() < deadline:
                 await asyncio.sleep(0.05)
         self.specs = describe_tracks(session, self.server.audio_of(session))

@@ -288,11 +288,21 @@ def test_daemon_default_state_directory_is_var(tmp_path: Path, daemons: list[Dae
 def test_daemon_demo_mode_starts_simulated_devices(tmp_path: Path, daemons: list[Daemon]) -> None:
     d = Daemon(["--config", str(_write_config(tmp_path)), "--demo"], cwd=tmp_path, env=_env())
     daemons.append(d)
+    # The demo cameras register right after SIP is up (the gateway's line, not a simulated camera's: they log
+    # "device registered" too, in the same process); their URLs are logged once RTSP listens.
+    while (registered := d.wait_for_event("device registered"))["logger"] != "gateway.devices":
+        pass
+    assert registered["new"] is True
     started_demo = d.wait_for_event("demo devices started")
     assert len(started_demo["devices"]) == 3
-    assert len(started_demo["rtsp"]) == 6 and all(u.startswith("rtsp://127.0.0.1:") for u in started_demo["rtsp"])
+    cameras = started_demo["rtsp"]
+    assert len(cameras) == 6 and all(c["url"].startswith("rtsp://127.0.0.1:") for c in cameras)
+    assert [(c["video"], c["audio"]) for c in cameras[::2]] in (
+        [("h264", "g711a"), ("h265", "g711a"), ("h264", "aac")],
+        [("h264", "g711a"), ("h264", "g711a"), ("h264", "aac")],  # PyAV without libx265
+    )
+    assert d.wait_for_event("watch a demo camera: ffplay -rtsp_transport tcp " + cameras[0]["url"])
     assert d.wait_for_event("gateway started")["demo"] is True
-    assert d.wait_for_event("device registered")["new"] is True
     d.signal(signal.SIGTERM)
     assert d.wait() == 0
 

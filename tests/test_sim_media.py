@@ -15,19 +15,23 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from media_util import HIKVISION, capture, decode_video, have_encoder, rtp_packets
 
 from gateway.config import SipConfig
 from gateway.sim import SimConfig, Simulator
-from gateway.sim.cli import main
+from gateway.sim.cli import _parser, config_from_args, main
 from gateway.sim.media import MediaSession, MediaTransport, Misbehaviour, SessionState
-from gateway.sim.source import CLOCK, CaptureSource, ClipSource, ClipSpec, get_clip
+from gateway.sim.source import CLOCK, CaptureSource, ClipSource, ClipSpec, _tone, get_clip
 from gateway.sip_router import SipRouter
 from gateway.sip_transport import SipServer
 from media import sdp
 from media.frames import AccessUnit, Codec
+from media.packetize import adts_config
 from media.ps import PsDemuxer
 from media.rtp import Rfc4571Decoder, RtpError, parse_rtp
 from sip.dialog import Dialog
@@ -149,6 +153,39 @@ def demux(packets: list[Rtp]) -> tuple[list[AccessUnit], list[AccessUnit], PsDem
         units += demuxer.feed(payload, marker)
     units += demuxer.flush()
     return [u for u in units if u.codec.is_video], [u for u in units if u.codec.is_audio], demuxer
+
+
+@dataclass
+class Decoded:
+    pcm: npt.NDArray[np.int32]
+    rate: int
+
+    def __len__(self) -> int:
+        return len(self.pcm)
+
+
+def decode_audio(decoder: str, frames: list[bytes]) -> Decoded:
+    """Decode ``frames`` (one packet each) with PyAV: mono samples as 16-bit integers, and the sample rate."""
+    import av
+
+    ctx: Any = av.CodecContext.create(decoder, "r")
+    if decoder.startswith("pcm_"):
+        ctx.sample_rate = 8000
+        ctx.layout = "mono"
+    out: list[npt.NDArray[np.int32]] = []
+    rate = 0
+    for data in frames:
+        for frame in ctx.decode(av.Packet(data)):
+            samples = frame.to_ndarray()[0]
+            if samples.dtype.kind == "f":
+                samples = samples * 32768
+            out.append(samples.astype(np.int32))
+            rate = frame.sample_rate
+    return Decoded(np.concatenate(out), rate)
+
+
+def adts_frame_length(data: bytes) -> int:
+    return ((data[3] & 0x03) << 11) | (data[4] << 3) | (data[5] >> 5)
 
 
 def seq_gaps(seqs: list[int]) -> int:
@@ -359,6 +396,57 @@ def test_clip_source_loops_with_continuous_timestamps() -> None:
     assert all((b.pts - a.pts) % (1 << 33) == 9000 for a, b in itertools.pairwise(video))
 
 
+@pytest.mark.parametrize(("audio", "rate", "codec", "frames", "step"), [
+    ("g711a", 8000, Codec.G711A, 50, 3600),  # 40 ms units
+    ("g711u", 8000, Codec.G711U, 50, 3600),
+    ("aac", 8000, Codec.AAC, 15, 11520),  # whole 1024-sample frames in 2 s: 128 ms at 8 kHz
+    ("aac", 16000, Codec.AAC, 31, 5760),  # 64 ms at 16 kHz
+    ("none", 8000, None, 0, 0),
+])
+def test_clip_audio_codecs_through_ps(audio: str, rate: int, codec: Codec | None, frames: int, step: int) -> None:
+    clip = get_clip(ClipSpec(seconds=2, fps=10, audio=audio, audio_rate=rate))
+    units = [u for u in clip.units if u.codec.is_audio]
+    assert clip.spec.audio_codec is codec and clip.audio_frames == len(units) == frames
+    assert all(u.codec is codec and u.keyframe for u in units)
+    assert [u.pts for u in units] == [k * step for k in range(frames)]
+    # One loop through PsMuxer + PsRtpPacketizer (ClipSource), back through our PsDemuxer: the same units.
+    bursts = ClipSource(clip, max_payload=1400).bursts(1234)
+    taken = [next(bursts) for _ in range(len({u.pts for u in clip.units}))]
+    assert sum(b.audio_frames for b in taken) == frames and sum(b.video_frames for b in taken) == 20
+    video, audio_out, demuxer = demux([rtp(p) for b in taken for p in b.packets])
+    assert len(video) == 20 and demuxer.video_codec is Codec.H264
+    assert demuxer.audio_codec is codec
+    assert [(u.codec, u.pts, u.data) for u in audio_out] == [(u.codec, u.pts, u.data) for u in units]
+    if codec is Codec.AAC:
+        # One ADTS frame per access unit (AAC-LC, mono, the clip's rate), and PyAV decodes them all.
+        assert all(u.data[:2] == b"\xff\xf1" and adts_frame_length(u.data) == len(u.data) for u in audio_out)
+        assert adts_config(audio_out[0].data) == (bytes.fromhex("1588") if rate == 8000 else bytes.fromhex("1408"))
+        decoded = decode_audio("aac", [u.data for u in audio_out])
+        assert len(decoded) == frames * 1024 and decoded.rate == rate
+    elif codec is not None:
+        # G.711 A-law and mu-law, each decoding back to the clip's tone within the law's quantisation error.
+        decoded = decode_audio("pcm_alaw" if codec is Codec.G711A else "pcm_mulaw", [u.data for u in audio_out])
+        assert decoded.rate == 8000 and len(decoded) == frames * 320
+        assert int(np.max(np.abs(decoded.pcm - _tone(len(decoded)).astype(np.int32)))) < 400
+
+
+def test_clip_audio_choices() -> None:
+    assert ClipSpec(audio=True) == ClipSpec() and ClipSpec().audio == "g711a"  # type: ignore[arg-type]
+    assert ClipSpec(audio=False).audio == "none" and ClipSpec(audio=False).audio_codec is None  # type: ignore[arg-type]
+    assert SimConfig(audio=False).audio == "none" and SimConfig().audio == "g711a"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="audio = 'opus': expected g711a, g711u, aac or none"):
+        ClipSpec(audio="opus")
+    with pytest.raises(ValueError, match="audio_rate = 16000: expected 8000 for g711u"):
+        ClipSpec(audio="g711u", audio_rate=16000)
+    with pytest.raises(ValueError, match="audio = 'mp3'"):
+        SimConfig(audio="mp3")
+    with pytest.raises(ValueError, match="audio_rate = 44100: expected 8000 or 16000 for aac"):
+        SimConfig(audio="aac", audio_rate=44100)
+    assert SimConfig(audio="none", audio_rate=16000).audio_rate == 16000  # no audio: the rate is not looked at
+    assert ClipSource(get_clip(ClipSpec(seconds=1, fps=5, audio="aac", audio_rate=16000))).description \
+        == "h264 320x240@5 + AAC 16 kHz"
+
+
 # --------------------------------------------------------------------------------------------------- streaming
 @pytest.mark.parametrize("codec", ["h264", "h265"])
 @pytest.mark.parametrize("transport", list(MediaTransport))
@@ -412,6 +500,32 @@ async def test_stream(platform: Platform, make_sim: MakeSim, transport: MediaTra
     assert video[0].keyframe
     sizes, errors = decode_video("h264" if codec == "h264" else "hevc", [u.data for u in video])
     assert errors == 0 and sizes == [(320, 240)] * len(video)
+
+
+@pytest.mark.parametrize(("audio", "rate", "codec", "f_audio"), [
+    ("g711u", 8000, Codec.G711U, ("1", "8", "1")),
+    ("aac", 16000, Codec.AAC, ("", "", "3")),  # f= has no AAC code: only the sample rate (3: 16 kHz)
+    ("none", 8000, None, ("", "", "")),
+])
+async def test_stream_audio_codecs(platform: Platform, make_sim: MakeSim, audio: str, rate: int,
+                                   codec: Codec | None, f_audio: tuple[str, str, str]) -> None:
+    sim = await make_sim(audio=audio, audio_rate=rate)
+    call, sink, session = await start_stream(platform, sim, MediaTransport.UDP)
+    try:
+        assert call.answer is not None and call.answer.media_info is not None
+        info = call.answer.media_info
+        assert (info.audio_codec, info.audio_kbps, info.sample_rate) == f_audio
+        await until(lambda: session.video_frames_sent >= 10)
+        assert await platform.bye(call) == 200
+        assert await session.wait_ended(5)
+        await asyncio.sleep(GRACE)
+    finally:
+        sink.close()
+    video, audio_units, demuxer = demux(sink.rtp())
+    assert len(video) == session.video_frames_sent and len(audio_units) == session.audio_frames_sent
+    assert demuxer.audio_codec is codec and {u.codec for u in audio_units} == ({codec} if codec else set())
+    if codec is Codec.AAC:
+        assert len(decode_audio("aac", [u.data for u in audio_units])) == 1024 * len(audio_units) > 0
 
 
 @pytest.mark.parametrize("sip_transport", [Transport.UDP, Transport.TCP])
@@ -676,3 +790,9 @@ def test_cli_help_and_bad_replay(capsys: pytest.CaptureFixture[str], tmp_path: P
     empty.write_bytes(struct.pack(">H", 3) + b"abc")
     assert main(["--replay", str(empty)]) == 2
     assert main(["--width", "1920", "--height", "1080"]) == 2
+    assert main(["--audio", "opus"]) == 2
+    assert main(["--audio", "g711a", "--audio-rate", "16000"]) == 2
+    assert "audio_rate = 16000: expected 8000 for g711a" in capsys.readouterr().err
+    config = config_from_args(_parser().parse_args(["--audio", "aac", "--audio-rate", "16000"]))
+    assert (config.audio, config.audio_rate) == ("aac", 16000)
+    assert config_from_args(_parser().parse_args([])).audio == "g711a"

@@ -345,3 +345,45 @@ async def test_gateway_shutdown_sends_bye_to_streaming_devices(tmp_path: Path) -
         assert ended.bye_received_at is not None and ended.bye_received_at - stopping < 5
     finally:
         await sim.stop()
+
+
+async def test_demo_cameras_send_h264_h265_g711a_and_aac(tmp_path: Path) -> None:
+    from gateway.app import DEMO_CHANNELS, DEMO_MEDIA, Gateway
+    from gateway.sim.config import channel_id, device_ids
+    from media.packetize import adts_config
+
+    video_codecs = {"h264": Codec.H264, "h265": Codec.H265 if "libx265" in av.codecs_available else Codec.H264}
+    audio_codecs = {"g711a": Codec.G711A, "aac": Codec.AAC}
+    assert [(v, a) for v, a, _ in DEMO_MEDIA] == [("h264", "g711a"), ("h265", "g711a"), ("h264", "aac")]
+    gw = Gateway(config(tmp_path), demo=True)
+    await gw.start()
+    try:
+        ids = device_ids(SimConfig().first_id, len(DEMO_MEDIA))
+        await wait_until(lambda: all((d := gw.devices.get(i)) is not None and d.rec.catalog_complete
+                                     and len(d.channels) == DEMO_CHANNELS for i in ids), 10)
+
+        async def watch(device_id: str, video: Codec, audio: Codec) -> list:  # type: ignore[type-arg]
+            session, sub = await gw.streams.open(device_id, channel_id(device_id, DEMO_CHANNELS - 1))
+            try:
+                units = []
+                while len([u for u in units if u.codec.is_video]) < 10 or not any(u.codec.is_audio for u in units):
+                    units.append(await asyncio.wait_for(sub.get(), 5))
+                assert session.fanout.cache.video_codec is video
+                return units
+            finally:
+                session.leave(sub)
+
+        wanted = [(video_codecs[v], audio_codecs[a]) for v, a, _ in DEMO_MEDIA]
+        got = await asyncio.wait_for(asyncio.gather(*(watch(i, v, a) for i, (v, a) in zip(ids, wanted,
+                                                                                              strict=True))), 30)
+        for units, (video, audio), (_, _, rate) in zip(got, wanted, DEMO_MEDIA, strict=True):
+            assert {u.codec for u in units if u.codec.is_video} == {video}
+            assert {u.codec for u in units if u.codec.is_audio} == {audio}
+            assert decode([u for u in units if u.codec.is_video], video) >= 5
+            if audio is Codec.AAC:  # AAC-LC mono at the demo's rate, one ADTS frame per access unit
+                assert {adts_config(u.data) for u in units if u.codec.is_audio} == {
+                    bytes.fromhex("1588" if rate == 8000 else "1408")}
+        # Let the streams linger out (BYE answered) before the demo cameras go: the demo stops first.
+        await wait_until(lambda: gw.streams.sessions == {}, timeout=5)
+    finally:
+        await gw.stop()

@@ -6,7 +6,7 @@ capture that cannot be read exits 2, a missing encoder 1), start the ``Simulator
 ``--rate`` per second), log a status line every ``--status-interval`` seconds, and on SIGINT/SIGTERM (or after
 ``--duration``) unregister every device and exit 0. A second signal exits at once with 130.
 
-Exit codes: 0 clean stop, 1 the SIP port could not be opened, the video encoder is missing (libx265 is optional in
+Exit codes: 0 clean stop, 1 the SIP port could not be opened, a media encoder is missing (libx265 is optional in
 PyAV builds) or every device was refused (403: wrong password, not allowed), 2 bad command line (an unreadable
 ``--replay`` file included), 130 forced by a second signal.
 """
@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Media: INVITEs to a channel are answered 200 OK and PS over RTP is streamed as the offer asks "
         "(UDP, TCP with a=setup:passive (we connect) or active (we listen); RFC 4571 framing on TCP), with "
         "the offer's SSRC, until BYE. The video is a generated clip (moving pattern and a clock, --codec, "
-        "--width/--height/--fps, keyframe every second) with G.711A audio, encoded once per process and "
-        "looped; or --replay loops a *.lenpfx.rtp capture. Playback control (INFO), alarms and PTZ come in "
+        "--width/--height/--fps, keyframe every second) with audio (--audio: a tone with a beep every second "
+        "in G.711A, G.711U or AAC-LC in ADTS, or none), encoded once per process and looped; or --replay loops a *.lenpfx.rtp capture. Playback control (INFO), alarms and PTZ come in "
         "a later release. Exit codes: 0 clean stop, 1 start failed (SIP port, media encoder) or every device "
         "refused, 2 bad arguments, 130 forced by a second signal.",
     )
@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"height of the generated video, even, up to 360 (default {d.height})")
     parser.add_argument("--fps", metavar="F", type=int, default=d.fps,
                         help=f"frame rate of the generated video (default {d.fps})")
+    parser.add_argument("--audio", choices=("g711a", "g711u", "aac", "none"), default=d.audio,
+                        help=f"audio codec of the generated streams (default {d.audio})")
+    parser.add_argument("--audio-rate", metavar="HZ", type=int, choices=(8000, 16000), default=d.audio_rate,
+                        help=f"audio sample rate: 8000 (G.711, AAC) or 16000 (AAC only) (default {d.audio_rate})")
     parser.add_argument("--replay", metavar="FILE.lenpfx.rtp", default=None,
                         help="stream this capture (2-byte length-prefixed RTP packets, looped) instead of the "
                         "generated clip")
@@ -144,8 +148,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         catalog_per_message=args.catalog_per_message, catalog_groups=args.catalog_groups,
         keepalive_interval=args.keepalive, expires=args.expires, register_rate=args.rate, codec=args.codec,
         local_host=host, local_port=args.local_port,
-        width=args.width, height=args.height, fps=args.fps, replay=args.replay,  # media
-        replay_speed=args.replay_speed,
+        width=args.width, height=args.height, fps=args.fps, audio=args.audio,  # media
+        audio_rate=args.audio_rate, replay=args.replay, replay_speed=args.replay_speed,
     )
 
 

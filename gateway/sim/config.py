@@ -25,6 +25,8 @@ __all__ = ["SimConfig", "channel_id", "derived_id", "device_ids"]
 _ID = re.compile(r"[0-9]{20}")
 _DIGITS = re.compile(r"[0-9]+")
 SERIALS = 10**6
+AUDIO_RATES = {"g711a": (8000,), "g711u": (8000,), "aac": (8000, 16000), "none": ()}
+"""``SimConfig.audio`` choices and the sample rates each allows (``gateway.sim.source`` holds the same limits)."""
 
 
 def device_ids(first_id: str, count: int) -> list[str]:
@@ -151,11 +153,15 @@ class SimConfig:
     clip_seconds: int = 10
     """Length of the generated clip, encoded once per process and looped with continuous timestamps."""
 
-    audio: bool = True
-    """Send G.711A audio (8 kHz) with the generated video."""
+    audio: str = "g711a"
+    """Audio sent with the generated video: g711a, g711u (G.711 at 8 kHz), aac (AAC-LC in ADTS) or none.
+    ``True``/``False`` (older callers) become g711a/none."""
+
+    audio_rate: int = 8000
+    """Audio sample rate, Hz: 8000 for G.711; 8000 or 16000 for AAC."""
 
     audio_frame_ms: int = 40
-    """Duration of one G.711A access unit: 20 or 40 ms."""
+    """Duration of one G.711 access unit: 20 or 40 ms (an AAC access unit is one 1024-sample frame)."""
 
     rtp_payload: int = 1400
     """Bytes of PS per RTP packet."""
@@ -194,6 +200,8 @@ class SimConfig:
     """Misbehaviour for tests: answer INVITEs with this status (e.g. 486, 488) instead of 200; 0: accept."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.audio, bool):
+            object.__setattr__(self, "audio", "g711a" if self.audio else "none")
         errors: list[str] = []
         host, port = self.server
         if not host or not isinstance(port, int) or not 0 < port < 65536:
@@ -249,6 +257,11 @@ class SimConfig:
             errors.append(f"fps = {self.fps!r}: expected 1-60")
         if not 1 <= self.clip_seconds <= 60:
             errors.append(f"clip_seconds = {self.clip_seconds!r}: expected 1-60")
+        if self.audio not in AUDIO_RATES:
+            errors.append(f"audio = {self.audio!r}: expected 'g711a', 'g711u', 'aac' or 'none'")
+        elif self.audio != "none" and self.audio_rate not in AUDIO_RATES[self.audio]:
+            rates = " or ".join(map(str, AUDIO_RATES[self.audio]))
+            errors.append(f"audio_rate = {self.audio_rate!r}: expected {rates} for {self.audio}")
         if self.audio_frame_ms not in (20, 40):
             errors.append(f"audio_frame_ms = {self.audio_frame_ms!r}: expected 20 or 40")
         if not 64 <= self.rtp_payload <= 65000:

@@ -682,7 +682,7 @@ class Simulator:
         self._ramp = asyncio.create_task(self._ramp_up(), name="sim.ramp")
         log.info("simulator started", devices=len(self.devices), channels=cfg.channels, server=f"{host}:{port}",
                  transport=cfg.transport, local=f"{self.local_ip}:{self.port}", codec=cfg.codec,
-                 first_id=cfg.first_id)
+                 audio=cfg.audio, first_id=cfg.first_id)
 
     async def stop(self, unregister: bool = True) -> None:
         """Unregister every registered device (bounded concurrency), then close the SIP port."""

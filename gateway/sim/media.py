@@ -24,7 +24,7 @@ Transport, from the offer (the names are the platform's role, as GB/T 28181 tool
 
 Over TCP every RTP packet gets the RFC 4571 2-byte length prefix. The SSRC is the offer's ``y=`` (a random
 GB-style one if the offer has none). Media comes from the device's source (``gateway.sim.source``: the cached
-generated clip for the configured codec/size/fps, or a replayed capture), paced in real time by PTS, each
+generated clip for the configured codec/audio/size/fps, or a replayed capture), paced in real time by PTS, each
 frame's packets sent as one burst; a stream that falls more than a second behind (a blocked loop) re-bases its
 clock instead of flooding.
 
@@ -790,11 +790,16 @@ class DeviceMedia:
 
 
 def media_info(config: SimConfig, source: ClipSource | CaptureSource) -> sdp.MediaInfo:
-    """The answer's ``f=``: codec (2 H.264, 5 H.265), WxH, fps, VBR, kbps; G.711 (64 kbps, 8 kHz) if any."""
+    """The answer's ``f=``: codec (2 H.264, 5 H.265), WxH, fps, VBR, kbps; then the audio: G.711 (A or U:
+    codec 1, 64 kbps, 8 kHz), or for AAC, which has no ``f=`` codec code, only the sample rate (8 or 16 kHz)."""
     if isinstance(source, CaptureSource):
         return sdp.MediaInfo(video_codec="2")  # what the capture holds is not looked into
     spec = source.clip.spec
-    audio = ("1", "8", "1") if spec.audio else ("", "", "")
+    audio = ("", "", "")
+    if spec.audio in ("g711a", "g711u"):
+        audio = ("1", "8", "1")
+    elif spec.audio == "aac":
+        audio = ("", "", "3" if spec.audio_rate == 16000 else "1")
     return sdp.MediaInfo("5" if spec.codec == "h265" else "2", f"{spec.width}x{spec.height}", str(spec.fps), "2",
                          str(round(source.clip.video_kbps)), *audio)
 
@@ -804,5 +809,6 @@ async def make_source(config: SimConfig) -> ClipSource | CaptureSource:
     if config.replay:
         return await asyncio.to_thread(CaptureSource, config.replay, speed=config.replay_speed)
     spec = ClipSpec(codec=config.codec, width=config.width, height=config.height, fps=config.fps,
-                    seconds=config.clip_seconds, audio=config.audio, audio_frame_ms=config.audio_frame_ms)
+                    seconds=config.clip_seconds, audio=config.audio, audio_rate=config.audio_rate,
+                    audio_frame_ms=config.audio_frame_ms)
     return ClipSource(await load_clip(spec), max_payload=config.rtp_payload)

@@ -5,8 +5,13 @@ Theory of operation
 Encoding is paid once per process, never per stream. ``get_clip(ClipSpec)`` draws ``seconds x fps`` pictures
 with numpy (a scrolling diagonal pattern, a bouncing box and a 7-segment clock ``SS.FF``: clip second and frame
 number), encodes them with PyAV (libx264 or libx265: ``tune=zerolatency``, no B-frames, one thread, a keyframe
-every ``fps`` frames, in-band parameter sets before each keyframe) and adds G.711A audio (a quiet 440 Hz tone
-with a 1 kHz beep at the start of every second, encoded with FFmpeg's ``pcm_alaw``). The result,
+every ``fps`` frames, in-band parameter sets before each keyframe) and adds audio, the codecs GB/T 28181 cameras
+send (``ClipSpec.audio``): a quiet 440 Hz tone with a 1 kHz beep at the start of every second, encoded with
+FFmpeg's ``pcm_alaw`` (G.711A, the default) or ``pcm_mulaw`` (G.711U) at 8 kHz in access units of
+``audio_frame_ms``, or with FFmpeg's ``aac`` (AAC-LC, mono, 8 or 16 kHz) one 1024-sample frame per access unit,
+each with its ADTS header (ISO/IEC 13818-7 §6.2, as cameras put AAC in PS). AAC frames take the encoder's PTS
+(its priming frame, before 0, is dropped, so the beep stays on the second); only whole frames within the loop
+are kept, so the audio has a gap of ``seconds x rate mod 1024`` samples at the loop point. The result,
 a ``Clip`` of ``AccessUnit``s in PTS order with PTS from 0 on the 90 kHz clock, is cached per ``ClipSpec`` behind
 a lock (concurrent INVITEs wait for one encode); ``load_clip`` runs that in a worker thread so the SIP loop never
 stalls on an encoder.
@@ -48,6 +53,7 @@ from media.psmux import PsMuxer, PsRtpPacketizer
 from media.rtp import RtpError, build_rtp, parse_rtp
 
 __all__ = [
+    "AUDIO_CODECS",
     "Burst",
     "CaptureSource",
     "Clip",
@@ -61,7 +67,15 @@ __all__ = [
 CLOCK = 90_000
 """RTP / PES clock of GB/T 28181 PS streams (Hz)."""
 AUDIO_RATE = 8000
-"""G.711A sample rate (Hz)."""
+"""G.711 sample rate (Hz); the default of ``ClipSpec.audio_rate``."""
+AUDIO_CODECS = {"g711a": Codec.G711A, "g711u": Codec.G711U, "aac": Codec.AAC}
+"""``ClipSpec.audio`` choices besides ``none``."""
+AUDIO_RATES = {"g711a": (8000,), "g711u": (8000,), "aac": (8000, 16000)}
+"""Sample rates each audio codec may have (Hz)."""
+AAC_FRAME = 1024
+"""Samples per AAC-LC frame."""
+_AAC_SFI = {8000: 11, 16000: 8}  # ADTS sampling_frequency_index (ISO/IEC 14496-3 Table 1.18)
+_AUDIO_NAMES = {"g711a": "G.711A", "g711u": "G.711U", "aac": "AAC"}
 MAX_WIDTH, MAX_HEIGHT = 640, 360
 """The largest picture a generated clip may have: the simulator stays light with many streams."""
 ENCODERS = {"h264": "libx264", "h265": "libx265"}
@@ -80,12 +94,18 @@ class ClipSpec:
     fps: int = 25
     seconds: int = 10
     """Length of the loop; also the GOP count (one keyframe per second)."""
-    audio: bool = True
-    """Add G.711A audio (8 kHz)."""
+    audio: str = "g711a"
+    """``g711a``, ``g711u``, ``aac`` (AAC-LC in ADTS) or ``none``. ``True``/``False`` (older callers) become
+    ``g711a``/``none``."""
+    audio_rate: int = AUDIO_RATE
+    """Audio sample rate (Hz): 8000 for G.711; 8000 or 16000 for AAC."""
     audio_frame_ms: int = 40
-    """Duration of one audio access unit: 20 or 40 ms (GB/T 28181 devices use both)."""
+    """Duration of one G.711 access unit: 20 or 40 ms (GB/T 28181 devices use both). An AAC access unit is one
+    frame (1024 samples: 128 ms at 8 kHz, 64 ms at 16 kHz)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.audio, bool):
+            object.__setattr__(self, "audio", "g711a" if self.audio else "none")
         errors = []
         if self.codec not in ENCODERS:
             errors.append(f"codec = {self.codec!r}: expected h264 or h265")
@@ -99,12 +119,22 @@ class ClipSpec:
             errors.append(f"seconds = {self.seconds!r}: expected 1-60")
         if self.audio_frame_ms not in (20, 40):
             errors.append(f"audio_frame_ms = {self.audio_frame_ms!r}: expected 20 or 40")
+        if self.audio != "none" and self.audio not in AUDIO_CODECS:
+            errors.append(f"audio = {self.audio!r}: expected g711a, g711u, aac or none")
+        elif self.audio != "none" and self.audio_rate not in AUDIO_RATES[self.audio]:
+            rates = " or ".join(map(str, AUDIO_RATES[self.audio]))
+            errors.append(f"audio_rate = {self.audio_rate!r}: expected {rates} for {self.audio}")
         if errors:
             raise ValueError("; ".join(errors))
 
     @property
     def video_codec(self) -> Codec:
         return _CODECS[self.codec]
+
+    @property
+    def audio_codec(self) -> Codec | None:
+        """The audio codec, ``None`` without audio."""
+        return AUDIO_CODECS.get(self.audio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,13 +225,7 @@ def _encode(spec: ClipSpec) -> Clip:
     video = [AccessUnit(spec.video_codec, round(p * CLOCK / fps), round(p * CLOCK / fps), key, data)
              for p, key, data in sorted(packets)]
     duration = spec.seconds * CLOCK
-    audio: list[AccessUnit] = []
-    if spec.audio:
-        per_frame = AUDIO_RATE * spec.audio_frame_ms // 1000
-        samples = _alaw(_tone(spec.seconds * AUDIO_RATE))
-        step = CLOCK * spec.audio_frame_ms // 1000
-        audio = [AccessUnit(Codec.G711A, k * step, k * step, True, samples[k * per_frame:(k + 1) * per_frame])
-                 for k in range(len(samples) // per_frame)]
+    audio = _audio(spec)
     units = sorted(video + audio, key=lambda u: (u.pts, u.codec.is_audio))
     return Clip(spec, tuple(units), duration, len(video), len(audio), time.perf_counter() - started)
 
@@ -280,27 +304,81 @@ class _Painter:
             y[r0:r1, c0:c1] = 235
 
 
-def _tone(samples: int) -> npt.NDArray[np.int16]:
+def _audio(spec: ClipSpec) -> list[AccessUnit]:
+    """The clip's audio access units (PTS from 0, 90 kHz), none if ``spec.audio`` is ``none``."""
+    codec = spec.audio_codec
+    if codec is None:
+        return []
+    rate = spec.audio_rate
+    pcm = _tone(spec.seconds * rate, rate)
+    if codec is Codec.AAC:
+        return [AccessUnit(codec, pts, pts, True, frame) for pts, frame in _aac(pcm, rate)]
+    per_frame = rate * spec.audio_frame_ms // 1000
+    samples = _g711("pcm_alaw" if codec is Codec.G711A else "pcm_mulaw", pcm, rate)
+    step = CLOCK * spec.audio_frame_ms // 1000
+    return [AccessUnit(codec, k * step, k * step, True, samples[k * per_frame:(k + 1) * per_frame])
+            for k in range(len(samples) // per_frame)]
+
+
+def _tone(samples: int, rate: int = AUDIO_RATE) -> npt.NDArray[np.int16]:
     """A quiet 440 Hz tone with a 1 kHz beep during the first 100 ms of every second (a clock you can hear)."""
-    t = np.arange(samples, dtype=np.float64) / AUDIO_RATE
+    t = np.arange(samples, dtype=np.float64) / rate
     wave = 1500 * np.sin(2 * math.pi * 440 * t)
-    beep = (np.arange(samples) % AUDIO_RATE) < AUDIO_RATE // 10
+    beep = (np.arange(samples) % rate) < rate // 10
     wave = np.where(beep, 9000 * np.sin(2 * math.pi * 1000 * t), wave)
     return wave.astype(np.int16)
 
 
-def _alaw(pcm: npt.NDArray[np.int16]) -> bytes:
-    """16-bit linear PCM to G.711 A-law with FFmpeg's ``pcm_alaw`` encoder (ITU-T G.711)."""
+def _g711(encoder: str, pcm: npt.NDArray[np.int16], rate: int) -> bytes:
+    """16-bit linear PCM to G.711 A-law (``pcm_alaw``) or mu-law (``pcm_mulaw``) with FFmpeg (ITU-T G.711)."""
     import av
 
-    ctx: Any = av.CodecContext.create("pcm_alaw", "w")
-    ctx.sample_rate = AUDIO_RATE
+    ctx: Any = av.CodecContext.create(encoder, "w")
+    ctx.sample_rate = rate
     ctx.format = "s16"
     ctx.layout = "mono"
     frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = AUDIO_RATE
+    frame.sample_rate = rate
     frame.pts = 0
     return b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(bytes(p) for p in ctx.encode(None))
+
+
+def _aac(pcm: npt.NDArray[np.int16], rate: int) -> list[tuple[int, bytes]]:
+    """16-bit linear PCM to AAC-LC with FFmpeg's ``aac`` encoder: ``(PTS at 90 kHz, ADTS frame)`` for each whole
+    1024-sample frame within ``pcm`` (the priming frame before PTS 0 and a partial last frame are left out)."""
+    import av
+
+    if "aac" not in av.codecs_available:
+        raise RuntimeError("PyAV has no aac encoder: cannot generate AAC audio")
+    ctx: Any = av.CodecContext.create("aac", "w")
+    ctx.sample_rate = rate
+    ctx.format = "fltp"
+    ctx.layout = "mono"
+    ctx.bit_rate = 2 * rate  # 16 kbit/s at 8 kHz, 32 at 16 kHz: what cameras send
+    frame = av.AudioFrame.from_ndarray((pcm.astype(np.float32) / 32768).reshape(1, -1), format="fltp",
+                                       layout="mono")
+    frame.sample_rate = rate
+    frame.pts = 0
+    packets = [*ctx.encode(frame), *ctx.encode(None)]
+    sfi = _AAC_SFI[rate]
+    return [(int(p.pts) * CLOCK // rate, _adts(bytes(p), sfi)) for p in packets
+            if p.pts is not None and 0 <= p.pts and p.pts + AAC_FRAME <= len(pcm)]
+
+
+def _adts(raw: bytes, sfi: int) -> bytes:
+    """One raw AAC-LC mono frame behind a 7-byte ADTS header (ISO/IEC 13818-7 §6.2: MPEG-4, no CRC, profile LC,
+    ``sampling_frequency_index`` ``sfi``, channel configuration 1, buffer fullness 0x7FF (VBR), one raw block)."""
+    length = 7 + len(raw)
+    channels = 1
+    header = bytes((
+        0xFF, 0xF1,
+        (1 << 6) | (sfi << 2) | (channels >> 2),
+        ((channels & 3) << 6) | (length >> 11),
+        (length >> 3) & 0xFF,
+        ((length & 7) << 5) | 0x1F,
+        0xFC,
+    ))
+    return header + raw
 
 
 # ---------------------------------------------------------------------------------------------------- streaming
@@ -323,13 +401,16 @@ class ClipSource:
     @property
     def description(self) -> str:
         s = self.clip.spec
-        return f"{s.codec} {s.width}x{s.height}@{s.fps}" + (" + G.711A" if s.audio else "")
+        audio = _AUDIO_NAMES.get(s.audio)
+        if audio == "AAC":
+            audio += f" {s.audio_rate // 1000} kHz"
+        return f"{s.codec} {s.width}x{s.height}@{s.fps}" + (f" + {audio}" if audio else "")
 
     def bursts(self, ssrc: int, *, seq: int = 0, pts_base: int = 0) -> Iterator[Burst]:
         """Forever: the bursts of one stream with this SSRC; first sequence number ``seq``, first PTS
         ``pts_base`` (the RTP timestamp is the PTS modulo 2**32)."""
         clip = self.clip
-        muxer = PsMuxer(clip.spec.video_codec, Codec.G711A if clip.spec.audio else None)
+        muxer = PsMuxer(clip.spec.video_codec, clip.spec.audio_codec)
         packetizer = PsRtpPacketizer(ssrc, max_payload=self.max_payload, seq=seq)
         units = clip.units
         n = len(units)
