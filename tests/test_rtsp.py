@@ -182,19 +182,29 @@ async def ffmpeg_frames(url: str, transport: str, frames: int = 50, *extra: str,
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize(("codec", "transport"), [("h264", "udp"), ("h265", "tcp"), ("h265", "udp")])
+@pytest.mark.parametrize(("codec", "transport", "audio"), [
+    ("h264", "udp", "g711a"), ("h265", "tcp", "g711a"), ("h265", "udp", "g711a"), ("h264", "tcp", "aac"),
+    ("h264", "udp", "g711u"), ("h264", "tcp", "none")])
 async def test_ffmpeg_decodes_video_and_audio_per_codec_and_transport(tmp_path: Path, codec: str,
-                                                                      transport: str) -> None:
+                                                                      transport: str, audio: str) -> None:
     async with running_gateway(rtsp_config(tmp_path)) as gw:
-        sim = await started(gw, codec=codec)
+        sim = await started(gw, codec=codec, audio=audio, audio_rate=16000 if audio == "aac" else 8000)
         try:
             device, channel = await first_channel(gw, sim)
             rc, out, err = await ffprobe(url_of(gw, device, channel))
             assert rc == 0, err
-            names = {s["codec_type"]: s["codec_name"] for s in json.loads(out)["streams"]}
-            assert names == {"video": {"h264": "h264", "h265": "hevc"}[codec], "audio": "pcm_alaw"}
-            video, audio, err = await ffmpeg_frames(url_of(gw, device, channel), transport, 50)
-            assert video == 50 and audio >= 40, (video, audio)
+            streams = json.loads(out)["streams"]
+            names = {s["codec_type"]: s["codec_name"] for s in streams}
+            expected = {"video": {"h264": "h264", "h265": "hevc"}[codec]}
+            if audio != "none":
+                expected["audio"] = {"g711a": "pcm_alaw", "g711u": "pcm_mulaw", "aac": "aac"}[audio]
+                rate = next(s["sample_rate"] for s in streams if s["codec_type"] == "audio")
+                assert rate == ("16000" if audio == "aac" else "8000")
+            assert names == expected
+            video, audio_frames, err = await ffmpeg_frames(url_of(gw, device, channel), transport, 50)
+            assert video == 50, video
+            # 2 s of audio: 40 ms G.711 frames (50), 1024-sample AAC frames at 16 kHz (31).
+            assert audio_frames >= {"none": 0, "aac": 25}.get(audio, 40), audio_frames
             assert err.strip() == "", err  # no decoder errors, no lost packets
             assert sample("gb28181_rtsp_sent_packets_total", {"transport": transport}) > 0
         finally:
