@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DaemonConfig",
     "DevicesConfig",
+    "HttpConfig",
     "MediaConfig",
     "LogConfig",
     "RtspConfig",
@@ -449,6 +450,39 @@ class RtspConfig(_Section):
                 " let anyone who can reach the port watch)"]
 
 
+_TOKEN_RULE = _Rule("'' or a token of 16 to 256 visible ASCII characters (no spaces)",
+                    lambda v: type(v) is str and (v == "" or (16 <= len(v) <= 256 and v.isascii()
+                                                              and v.isprintable() and " " not in v)))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig(_Section):
+    """``[http]``: the HTTP server of the REST API, WHEP, the web page, ``/metrics`` and the health probes."""
+
+    TABLE: ClassVar[str] = "http"
+
+    listen: str = _field("127.0.0.1", _IP_ADDRESS)
+    """Local IP address the HTTP listener binds to; '0.0.0.0' or '::' for every interface."""
+
+    port: int = _field(8080, _integer(0, 65535))
+    """HTTP port; 0 picks a free ephemeral port (tests)."""
+
+    token: str = _field("", _TOKEN_RULE, secret=True)
+    """Bearer token for /api/v1/*, /whep/* and the web page; required when ``listen`` is not loopback."""
+
+    metrics_token: str = _field("", _TOKEN_RULE, secret=True)
+    """Bearer token for /metrics; '' leaves /metrics open (Prometheus sends it with ``authorization``)."""
+
+    max_body_size: int = _field(1024 * 1024, _integer(1024, 64 * 1024 * 1024))
+    """Largest request body accepted, in bytes (JSON, SDP offers); larger ones get 413."""
+
+    def _cross_check(self, bad: set[str]) -> list[str]:
+        if bad & {"listen", "token"} or self.token or is_loopback(self.listen):
+            return []
+        return [f"http.token = '': expected a bearer token of your own (16+ characters), because http.listen ="
+                f" {self.listen!r} is not a loopback address and the API can start streams and change devices"]
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig(_Section):
     """``[log]``: what is logged and how it is rendered."""
@@ -490,6 +524,9 @@ class Config:
 
     rtsp: RtspConfig = field(default_factory=RtspConfig)
     """``[rtsp]``: the RTSP server (listen address, port, session timeout)."""
+
+    http: HttpConfig = field(default_factory=HttpConfig)
+    """``[http]``: REST API, WHEP, web page, metrics and health probes."""
 
     log: LogConfig = field(default_factory=LogConfig)
     """``[log]``: log level and format."""
