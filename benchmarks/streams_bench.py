@@ -385,6 +385,7 @@ async def _gateway(reply_fd: int, state_dir: str) -> None:
         "sip": {"port": 0, "source_rate_limit": 0},
         "devices": {"register_rate": 100_000},
         "media": {"linger": 600, "no_media_timeout": 60},
+        "rtsp": {"port": 0},  # not 8554: a running gateway or test may hold it
         "daemon": {"state_dir": state_dir},
     })
     gw = Gateway(config)
