@@ -27,9 +27,10 @@ A connection carries one RTSP session of one stream at a time.
   players synchronise audio and video.
 * Flow control: a TCP viewer whose transport write buffer is above ``MAX_WRITE_BUFFER`` does not take the unit (the
   callback returns ``False``): it resumes at the next keyframe rather than buffering without bound. UDP output
-  goes through a per-viewer token bucket (``rtsp.udp_pace_rate``, bursts of ``PACE_BURST``) so the cached burst
-  at PLAY does not overflow the client's socket buffer; a viewer whose paced queue exceeds ``MAX_PACED_BYTES``
-  skips to the next keyframe the same way.
+  replays the cached GOP at PLAY through a per-viewer token bucket (``rtsp.udp_pace_rate``, bursts of
+  ``PACE_BURST``) so that burst does not overflow the client's socket buffer; live media goes out as it comes
+  (behind the paced backlog while one drains, never delayed otherwise). A viewer whose paced queue exceeds
+  ``MAX_PACED_BYTES`` skips to the next keyframe the same way.
 * A stream that ends (camera BYE, no media, gateway stopping) ends its viewers: an RTCP BYE with the reason on
   every track, then the connection is closed.
 * Authentication (``rtsp.auth``): Digest (RFC 2617 without qop, which live555/VLC, ffmpeg and NVRs all speak) or
@@ -256,9 +257,10 @@ class _UdpSockets:
 
 
 class _Pacer:
-    """A token bucket in front of the shared UDP socket for one viewer (see the module docstring)."""
+    """A token bucket in front of the shared UDP socket for one viewer (see the module docstring): the cached GOP
+    replayed at PLAY is spread out; live media goes straight out unless a backlog is still draining."""
 
-    __slots__ = ("loop", "udp", "rate", "tokens", "last", "queue", "queued", "timer")
+    __slots__ = ("loop", "udp", "rate", "tokens", "last", "queue", "queued", "timer", "replaying")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, udp: _UdpSockets, rate_bytes: float) -> None:
         self.loop = loop
@@ -269,32 +271,25 @@ class _Pacer:
         self.queue: deque[tuple[bytes, tuple[str, int]]] = deque()
         self.queued = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.replaying = False
 
-    def send(self, packets: list[bytes], addr: tuple[str, int]) -> None:
-        if self.queue:
+    def send(self, packets: list[bytes], addr: tuple[str, int], *, paced: bool) -> None:
+        """Send at once (live media, nothing queued), or behind what is queued / through the bucket (``paced``:
+        the cached GOP replayed at PLAY)."""
+        if paced or self.queue:
             self._enqueue(packets, addr)
             return
-        now = self.loop.time()
-        tokens = min(PACE_BURST, self.tokens + (now - self.last) * self.rate)
-        self.last = now
         sock = self.udp.rtp
-        if sock is None:
-            return
-        for i, p in enumerate(packets):
-            if tokens <= 0:
-                self.tokens = tokens
-                self._enqueue(packets[i:], addr)
-                return
-            sock.sendto(p, addr)
-            tokens -= len(p)
-        self.tokens = tokens
+        if sock is not None:
+            for p in packets:
+                sock.sendto(p, addr)
 
     def _enqueue(self, packets: list[bytes], addr: tuple[str, int]) -> None:
         for p in packets:
             self.queue.append((p, addr))
             self.queued += len(p)
         if self.timer is None:
-            self.timer = self.loop.call_later(max(0.001, -self.tokens / self.rate), self._drain)
+            self._drain()
 
     def _drain(self) -> None:
         self.timer = None
@@ -797,12 +792,17 @@ class _Connection(asyncio.Protocol):
     def _start_playing(self) -> None:
         if self.player is not None or self.session is None or self.closed:
             return
+        if self.pacer is not None:
+            self.pacer.replaying = True  # the cached GOP is replayed inside subscribe_callback: pace it
         try:
             self.player = self.session.fanout.subscribe_callback(
                 f"rtsp {self.peer}", self._on_unit, on_end=self._on_stream_end)
         except StreamEnded as exc:
             self.close(f"stream ended: {exc}", bye=True)
             return
+        finally:
+            if self.pacer is not None:
+                self.pacer.replaying = False
         metrics.VIEWERS.labels("rtsp").inc()
 
     # -- media
@@ -856,7 +856,7 @@ class _Connection(asyncio.Protocol):
             counts = self.sent["tcp"]
         else:
             assert pacer is not None and track.rtp_addr is not None
-            pacer.send(packets, track.rtp_addr)
+            pacer.send(packets, track.rtp_addr, paced=pacer.replaying)
             counts = self.sent["udp"]
         counts[0] += len(packets)
         counts[1] += size
