@@ -177,6 +177,7 @@ async def _gateway(reply_fd: int, state_dir: str, queries: bool, profile: str, d
         "sip": {"port": 0, "source_rate_limit": 0, "udp_queue_size": 65536, "max_transactions": 1_000_000},
         "devices": {"register_rate": 100_000, **devices},
         "rtsp": {"port": 0},  # not 8554: a running gateway or test may hold it
+        "http": {"port": 0},
         "daemon": {"state_dir": state_dir},
     })
     gw = Gateway(config)

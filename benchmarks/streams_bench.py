@@ -386,6 +386,7 @@ async def _gateway(reply_fd: int, state_dir: str) -> None:
         "devices": {"register_rate": 100_000},
         "media": {"linger": 600, "no_media_timeout": 60},
         "rtsp": {"port": 0},  # not 8554: a running gateway or test may hold it
+        "http": {"port": 0},
         "daemon": {"state_dir": state_dir},
     })
     gw = Gateway(config)

@@ -17,6 +17,7 @@ from typing import Protocol
 import structlog
 
 from . import __version__
+from .api import HttpApi
 from .config import Config, resolve_state_dir
 from .devices import DeviceRegistry
 from .rtsp_server import RtspServer
@@ -140,12 +141,24 @@ class Gateway:
         self.devices = DeviceRegistry(config, self.router, self.store)
         self.streams = StreamManager(config, self.devices, self.router)
         self.rtsp = RtspServer(config.rtsp, self.streams)
+        self.http = HttpApi(config.http, self)
         self.sip: SipServer | None = None
 
     @property
     def ready(self) -> bool:
         """True once every component has started, until ``stop()`` begins (for ``/readyz`` and READY=1)."""
         return self._ready
+
+    def reload(self, config: Config) -> None:
+        """Take the reloadable keys of ``config`` (``gateway.config.RELOADABLE``: ``sip.password``,
+        ``devices.passwords``, ``devices.allow``, ``log.level``); every other key keeps its running value.
+
+        Raises ``ConfigError``, changing nothing, if those values do not fit the running configuration. The
+        caller (``gateway.main``, on SIGHUP) logs what changed and what needs a restart, and sets the log level.
+        In ``--demo`` the simulated cameras keep the password they started with.
+        """
+        self.config = self.config.with_reloadable(config)
+        self.devices.reconfigure(self.config)
 
     def _components(self) -> list[tuple[str, Component]]:
         """Every component, in start order; they stop in reverse.
@@ -165,6 +178,8 @@ class Gateway:
             ("streams", self.streams),
             # RTSP stops before the streams do: its viewers leave first.
             ("rtsp", self.rtsp),
+            # HTTP last: /readyz answers 200 only once everything else runs; it stops first.
+            ("http", self.http),
         ]
         if self.demo:
             # The demo cameras start after SIP and stop after the streams (which BYE them while they still

@@ -16,6 +16,25 @@ Booleans are never integers (``port = true`` is refused); integers are accepted 
 expected and stored as ``float``. Cross-field rules (``sip.t2 >= sip.t1``, no default password beyond loopback)
 run only when the fields they read are valid on their own.
 
+Environment overrides (containers)
+----------------------------------
+Every key can be set by an environment variable ``GB28181_<TABLE>_<KEY>`` in upper case (``GB28181_SIP_PORT``
+for ``sip.port``, ``GB28181_DEVICES_KEEPALIVE_INTERVAL`` for ``devices.keepalive_interval``). They are applied
+by :func:`load_config` on top of the file (or of the defaults) and validated exactly like it; an error names
+both the key and the variable::
+
+    sip.port (from GB28181_SIP_PORT) = 70000: expected an integer 0..65535
+
+Value syntax: a key whose value is a string (``sip.listen``, ``sip.password``, ``http.token``, ``log.level``...)
+takes the variable's text as it is (``GB28181_SIP_PASSWORD=12345678`` is the string ``'12345678'``), unless the
+text is a quoted TOML string (``"..."`` or ``'...'``), which is unquoted. Every other key takes a TOML value:
+``5070``, ``0.5``, ``true``, ``["34020000001320000001"]``, ``{ 34020000001320000001 = "pw" }``; text that is not
+one stays a string and so fails validation with the key's expectation. A ``GB28181_*`` variable that names no
+key is an error naming the nearest one (``GB28181_SIP_PROT: unknown ... did you mean GB28181_SIP_PORT``).
+
+Reload: the keys in :data:`RELOADABLE` may change while running (``SIGHUP``, see ``gateway.main``);
+:meth:`Config.changed_keys` lists what differs, :meth:`Config.with_reloadable` applies only those keys.
+
 To add a table: write a section class (frozen, slots, ``_Section`` base, ``TABLE`` name, fields made with
 ``_field``, a docstring under every field) and add a field for it to :class:`Config`. To add a key: add a field.
 ``conf/gateway.toml`` must list the new key with its default; ``tests/test_config.py`` checks that it does.
@@ -41,11 +60,16 @@ __all__ = [
     "ConfigError",
     "DaemonConfig",
     "DevicesConfig",
+    "ENV_PREFIX",
+    "RELOADABLE",
     "HttpConfig",
     "MediaConfig",
     "LogConfig",
     "RtspConfig",
     "SipConfig",
+    "describe_source",
+    "env_names",
+    "env_variable",
     "is_loopback",
     "load_config",
     "resolve_state_dir",
@@ -419,7 +443,7 @@ class RtspConfig(_Section):
 
     udp_pace_rate: float = _field(20.0, _Rule("a number of Mbit/s > 0 and <= 10000",
                                               lambda v: type(v) in (int, float) and 0 < v <= 10000, float))
-    """Mbit/s at most sent to one UDP viewer (bursts of 64 KiB): a cached GOP is spread out, not dumped at once."""
+    """Mbit/s (bursts of 64 KiB) at which the cached GOP a UDP viewer starts on is sent: spread out, not dumped."""
 
     max_connections: int = _field(1024, _integer(1, 100_000))
     """Open RTSP connections at most; beyond it requests are answered 503 and the connection is closed."""
@@ -581,6 +605,36 @@ class Config:
             raise ConfigError(errors)
         return cls(**built)  # type: ignore[arg-type]
 
+    def changed_keys(self, other: Config) -> list[str]:
+        """Dotted keys (``sip.port``) whose values differ between ``self`` and ``other``, in declaration order."""
+        changed = []
+        for table in self.sections():
+            mine, theirs = getattr(self, table), getattr(other, table)
+            changed += [f"{table}.{f.name}" for f in dataclasses.fields(mine)
+                        if getattr(mine, f.name) != getattr(theirs, f.name)]
+        return changed
+
+    def with_reloadable(self, new: Config) -> Config:
+        """``self`` with the :data:`RELOADABLE` keys taken from ``new`` and every other key kept.
+
+        The result is validated like any configuration: a reloadable value that is valid in ``new`` but not
+        beside the running keys (the default ``sip.password`` while the running ``sip.listen`` is not loopback)
+        raises :class:`ConfigError`.
+        """
+        sections: dict[str, Any] = {}
+        errors: list[str] = []
+        for table in self.sections():
+            keys = {key.partition(".")[2] for key in RELOADABLE if key.startswith(table + ".")}
+            section = getattr(self, table)
+            try:
+                sections[table] = dataclasses.replace(
+                    section, **{key: getattr(getattr(new, table), key) for key in keys})
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ConfigError(errors)
+        return Config(**sections)
+
     def summary(self) -> dict[str, dict[str, Any]]:
         """Every setting except secrets, by table, for the startup log line."""
         summary: dict[str, dict[str, Any]] = {}
@@ -594,20 +648,116 @@ class Config:
         return summary
 
 
-def load_config(path: Path | None) -> Config:
-    """Load and validate a TOML file; ``None`` gives the built-in defaults. Raises :class:`ConfigError`."""
-    if path is None:
-        return Config()
+RELOADABLE = frozenset({"sip.password", "devices.allow", "devices.passwords", "log.level"})
+"""Keys a running gateway takes from a reloaded configuration (SIGHUP); any other change needs a restart."""
+
+ENV_PREFIX = "GB28181_"
+"""Environment variables ``GB28181_<TABLE>_<KEY>`` override configuration keys (see the module docstring)."""
+
+
+def env_variable(table: str, key: str) -> str:
+    """The environment variable that overrides ``table.key``: ``GB28181_SIP_PORT`` for ``sip.port``."""
+    return f"{ENV_PREFIX}{table.upper()}_{key.upper()}"
+
+
+def _env_keys() -> dict[str, tuple[str, dataclasses.Field[Any]]]:
+    """Every override variable → (table, field), in declaration order."""
+    return {
+        env_variable(table, f.name): (table, f)
+        for table, section in Config.sections().items()
+        for f in dataclasses.fields(section)  # type: ignore[arg-type]
+    }
+
+
+def env_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``GB28181_*`` variables set in ``environ`` (default ``os.environ``), sorted: what overrides apply."""
+    env = os.environ if environ is None else environ
+    return sorted(name for name in env if name.startswith(ENV_PREFIX))
+
+
+def describe_source(path: Path | None, environ: Mapping[str, str] | None = None) -> str:
+    """Where the configuration comes from, for messages: ``gw.toml + environment GB28181_SIP_PORT``."""
+    source = str(path) if path is not None else "built-in defaults"
+    names = env_names(environ)
+    return f"{source} + environment {', '.join(names)}" if names else source
+
+
+def _toml_value(text: str) -> tuple[bool, Any]:
+    """(True, value) if ``text`` is exactly one TOML value, else (False, None)."""
     try:
-        with open(path, "rb") as fp:
-            data = tomllib.load(fp)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{str(path)!r} is not valid UTF-8 TOML: {exc}") from None
-    return Config.from_mapping(data)
+        doc = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return False, None
+    return (True, doc["v"]) if doc.keys() == {"v"} else (False, None)  # no smuggled "\nother = 1"
+
+
+def _env_value(text: str, f: dataclasses.Field[Any]) -> Any:
+    """The value of an override: verbatim (or an unquoted TOML string) for string keys, else a TOML value."""
+    if type(f.default) is str:
+        if text[:1] in ("'", '"'):
+            ok, value = _toml_value(text)
+            if ok and type(value) is str:
+                return value
+        return text
+    ok, value = _toml_value(text)
+    return value if ok else text
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Put the ``GB28181_*`` overrides of ``environ`` into ``data`` (parsed TOML, changed in place).
+
+    Returns (dotted key → variable name) for the overrides applied, and the errors (unknown variables).
+    """
+    known = _env_keys()
+    applied: dict[str, str] = {}
+    errors: list[str] = []
+    for name in env_names(environ):
+        if name not in known:
+            # Compared without the common prefix, which would make every name look close.
+            close = difflib.get_close_matches(name[len(ENV_PREFIX):].upper(), [k[len(ENV_PREFIX):] for k in known], n=1)
+            near = ENV_PREFIX + close[0] if close else ""
+            hint = f" (did you mean {near}, for {known[near][0]}.{known[near][1].name}?)" if close else ""
+            errors.append(f"{name}: unknown environment variable{hint}; {ENV_PREFIX}<TABLE>_<KEY> variables set"
+                          " configuration keys, e.g. GB28181_SIP_PORT for sip.port")
+            continue
+        table, f = known[name]
+        values = data.setdefault(table, {})
+        if isinstance(values, dict):  # otherwise from_mapping reports the file's table itself
+            values[f.name] = _env_value(environ[name], f)
+            applied[f"{table}.{f.name}"] = name
+    return applied, errors
+
+
+def _name_sources(errors: Iterable[str], applied: Mapping[str, str]) -> list[str]:
+    """Errors with ``sip.port = `` written ``sip.port (from GB28181_SIP_PORT) = `` where the environment set it."""
+    if not applied:
+        return list(errors)
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in applied) + ") = ")
+    return [pattern.sub(lambda m: f"{m[1]} (from {applied[m[1]]}) = ", error) for error in errors]
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate a TOML file (``None``: the built-in defaults), then the ``GB28181_*`` overrides of
+    ``environ`` (default ``os.environ``). Raises :class:`ConfigError` listing every problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fp:
+                data = tomllib.load(fp)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{str(path)!r} is not valid UTF-8 TOML: {exc}") from None
+    applied, errors = _apply_env(data, os.environ if environ is None else environ)
+    try:
+        config = Config.from_mapping(data)
+    except ConfigError as exc:
+        errors += _name_sources(exc.errors, applied)
+    if errors:
+        raise ConfigError(errors)
+    return config
 
 
 def resolve_state_dir(config: Config, environ: Mapping[str, str] | None = None) -> Path:

@@ -32,11 +32,12 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sip import manscdp
 from sip.digest import AuthResult, Challenge, Credentials, DigestAlgorithm, NonceManager, verify
@@ -132,6 +133,10 @@ class DeviceRegistry:
         self._collectors: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Event]] = {}
         self._sync_queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        #: (registered, online) devices as of the last gauge update (each watch period): cheap to read.
+        self.counts: tuple[int, int] = (0, 0)
+        #: (device, channel) whose last stream start ended without media or with undecodable payload.
+        self.media_faults: set[tuple[str, str]] = set()
         router.on_method("REGISTER", self._on_register)
         router.on_manscdp("Notify", "Keepalive", self._on_keepalive)
         for cmd in ("Catalog", "DeviceInfo", "DeviceStatus"):
@@ -141,6 +146,25 @@ class DeviceRegistry:
     # ------------------------------------------------------------------------------------------ lifecycle
     def attach(self, server: SipServer) -> None:
         self._server = server
+
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` from now on (a reload: ``sip.password``, ``devices.passwords`` and ``devices.allow``
+        are read at each REGISTER, so new values apply to the next one; registrations already granted stay).
+        Registered devices no longer allowed (and not provisioned by an operator) are unregistered: their next
+        MESSAGE gets 404, and the REGISTER that follows 403."""
+        self.config = config
+        self.dc = config.devices
+        if not self.dc.allow:
+            return
+        allowed = set(self.dc.allow)
+        for dev in self.devices.values():
+            if dev.registered and dev.device_id not in allowed and not dev.rec.provisioned:
+                log.warning("device no longer in devices.allow: unregistered", device_id=dev.device_id)
+                self._set_offline(dev, "unregistered")
+                dev.rec.expires_at = 0.0
+                dev.registered_until = 0.0
+                self._persist(dev)
+        self._update_gauges()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -152,10 +176,13 @@ class DeviceRegistry:
         for i in range(self.dc.query_concurrency):
             self._tasks.append(asyncio.create_task(self._sync_worker(), name=f"devices.sync{i}"))
         self._update_gauges()
+        metrics.DEVICE_SERIES.source = self.metric_families
         log.info("device registry started", devices=len(self.devices),
                  online=sum(1 for d in self.devices.values() if d.rec.online))
 
     async def stop(self) -> None:
+        if metrics.DEVICE_SERIES.source == self.metric_families:
+            metrics.DEVICE_SERIES.source = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -194,7 +221,12 @@ class DeviceRegistry:
         if not _ID_RE.fullmatch(device_id):
             raise MalformedMessage(f"bad device ID in From: {device_id[:40]!r}")
         source = ev.peer.addr[0]
-        if self.dc.allow and device_id not in self.dc.allow:
+        known = self.devices.get(device_id)
+        if known is not None and not known.rec.enabled:
+            self._count_register("disabled")
+            log.warning("register refused: device disabled", device_id=device_id, source=source)
+            raise Forbidden("Device Disabled")
+        if self.dc.allow and device_id not in self.dc.allow and not (known is not None and known.rec.provisioned):
             self._count_register("denied")
             log.warning("register refused: not in devices.allow", device_id=device_id, source=source)
             raise Forbidden("Device Not Allowed")
@@ -219,7 +251,7 @@ class DeviceRegistry:
             log.warning("register refused: digest username is not the device ID", device_id=device_id,
                         username=creds.username, source=source)
             raise Forbidden("Username Does Not Match Device")
-        password = self.dc.password_for(device_id, self.config.sip.password)
+        password = self.password_for(device_id)
         result = verify(creds, password, "REGISTER", now, self._nonces, self.config.sip.domain)
         if result is AuthResult.STALE_NONCE:
             self._challenge(server, req, now, stale=True)
@@ -385,6 +417,7 @@ class DeviceRegistry:
         """Recompute the registry gauges (O(devices + channels): called once per watch period, not per event)."""
         registered = sum(1 for d in self.devices.values() if d.registered)
         online = sum(1 for d in self.devices.values() if d.rec.online)
+        self.counts = (registered, online)
         metrics.DEVICES_REGISTERED.set(registered)
         metrics.DEVICES_ONLINE.set(online)
         metrics.DEVICES_ONLINE_RATIO.set(online / len(self.devices) if self.devices else 1.0)
@@ -442,7 +475,8 @@ class DeviceRegistry:
             info = await self.query(dev, "DeviceInfo")
             dev.rec.info = {k: v for k, v in info.tree.flat().items()
                             if k not in ("CmdType", "SN", "DeviceID")}
-            dev.rec.name = info.text("DeviceName") or dev.rec.name
+            if not (dev.rec.provisioned and dev.rec.name):  # an operator's name for it wins
+                dev.rec.name = info.text("DeviceName") or dev.rec.name
             dev.rec.manufacturer = info.text("Manufacturer") or ""
             dev.rec.model = info.text("Model") or ""
             dev.rec.firmware = info.text("Firmware") or ""
@@ -560,6 +594,108 @@ class DeviceRegistry:
     # ------------------------------------------------------------------------------------------ lookups
     def get(self, device_id: str) -> Device | None:
         return self.devices.get(device_id)
+
+    def password_for(self, device_id: str) -> str:
+        """The digest password of ``device_id``: its own (REST API), else ``devices.passwords``, else ``sip``'s."""
+        dev = self.devices.get(device_id)
+        if dev is not None and dev.rec.password:
+            return dev.rec.password
+        return self.dc.password_for(device_id, self.config.sip.password)
+
+    # ------------------------------------------------------------------------------------------ operators
+    def provision(self, device_id: str, *, password: str | None = None, enabled: bool | None = None,
+                  name: str | None = None) -> tuple[Device, bool]:
+        """Add or change a device as an operator (REST API): it passes ``devices.allow``; ``password`` ('' to
+        fall back to the configured one), ``enabled`` (False refuses its REGISTERs and drops its registration).
+        Returns the device and whether it was created."""
+        if not _ID_RE.fullmatch(device_id):
+            raise ValueError(f"device ID must be 20 digits, not {device_id[:40]!r}")
+        dev = self.devices.get(device_id)
+        created = dev is None
+        if dev is None:
+            dev = self.devices[device_id] = Device(rec=DeviceRecord(device_id=device_id))
+        rec = dev.rec
+        rec.provisioned = True
+        if password is not None:
+            rec.password = password
+        if name is not None:
+            rec.name = name
+        if enabled is not None:
+            rec.enabled = enabled
+            if not enabled and dev.registered:
+                self._set_offline(dev, "unregistered")
+                rec.expires_at = 0.0
+                dev.registered_until = 0.0
+        self._persist(dev)
+        self._update_gauges()
+        log.info("device provisioned", device_id=device_id, created=created, enabled=rec.enabled,
+                 own_password=bool(rec.password))
+        return dev, created
+
+    def remove(self, device_id: str) -> bool:
+        """Forget a device and its channels (memory and store). A device still running re-registers as new."""
+        dev = self.devices.pop(device_id, None)
+        if dev is None:
+            return False
+        self.media_faults = {k for k in self.media_faults if k[0] != device_id}
+        if self.store is not None:
+            self.store.delete_device(device_id)
+        self._update_gauges()
+        log.info("device removed", device_id=device_id)
+        return True
+
+    def note_stream_result(self, device_id: str, channel_id: str, fault: str | None) -> None:
+        """A stream start of the channel succeeded (``fault`` None) or ended in no media / undecodable payload
+        (the channel then counts against the intact rate until a stream of it succeeds)."""
+        key = (device_id, channel_id)
+        if fault is None:
+            self.media_faults.discard(key)
+        elif device_id in self.devices:
+            self.media_faults.add(key)
+
+    # ------------------------------------------------------------------------------------------ health
+    def channel_health(self) -> tuple[int, int, int]:
+        """(channels, online, intact) over catalog items of kind ``channel``: online = its device online and
+        its status not OFF; intact = online, not VLOST/DEFECT and no media fault on its last stream start."""
+        total = online = intact = 0
+        faults = self.media_faults
+        for dev in self.devices.values():
+            dev_online = dev.rec.online
+            for ch in dev.channels.values():
+                if ch.kind != "channel":
+                    continue
+                total += 1
+                status = ch.status.upper()
+                if not dev_online or status == "OFF":
+                    continue
+                online += 1
+                if status not in ("VLOST", "DEFECT") and (dev.device_id, ch.channel_id) not in faults:
+                    intact += 1
+        return total, online, intact
+
+    def metric_families(self) -> Iterator[Metric]:
+        """Series computed at scrape time (``gateway.metrics.DEVICE_SERIES``): per registered device its online
+        state and keepalive age, and the channel online and intact rates."""
+        wall = self._wall()
+        up = GaugeMetricFamily("gb28181_device_up", "1 if the registered device is online, else 0",
+                               labels=["device_id"])
+        age = GaugeMetricFamily("gb28181_device_keepalive_age_seconds",
+                                "Seconds since the registered device's last keepalive (or REGISTER)",
+                                labels=["device_id"])
+        for dev in self.devices.values():
+            if dev.registered:
+                up.add_metric([dev.device_id], 1.0 if dev.rec.online else 0.0)
+                age.add_metric([dev.device_id], max(0.0, wall - dev.rec.last_keepalive))
+        total, online, intact = self.channel_health()
+        yield up
+        yield age
+        yield GaugeMetricFamily("gb28181_channels_online", "Channels online (device online, status not OFF)",
+                                value=online)
+        yield GaugeMetricFamily("gb28181_channels_online_ratio", "Online channels / channels (1 with none)",
+                                value=online / total if total else 1.0)
+        yield GaugeMetricFamily("gb28181_channels_intact_ratio",
+                                "Intact channels (online, not VLOST/DEFECT, last stream start had media)"
+                                " / channels (1 with none)", value=intact / total if total else 1.0)
 
 
 __all__ = ["Device", "DeviceRegistry", "QueryFailed", "RemoteProtocolError", "format_date"]

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["LEVELS", "SECRET_KEYS", "REDACTED", "configure_logging", "redact_secrets"]
+__all__ = ["LEVELS", "SECRET_KEYS", "REDACTED", "configure_logging", "redact_secrets", "set_level"]
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 """``log.level`` names → stdlib levels."""
@@ -136,6 +136,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         # Not cached: configure_logging() may run again (tests), and module-level loggers must follow it.
         cache_logger_on_first_use=False,
     )
+
+
+def set_level(level: str) -> None:
+    """Change the least severe level written (``log.level`` reloaded on SIGHUP); the format stays."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}")
+    logging.getLogger().setLevel(LEVELS[level])
 
 
 def _isatty(stream: Any) -> bool:

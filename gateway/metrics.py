@@ -8,8 +8,10 @@ are pre-created so their series exist before the first event.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import __version__
 
@@ -70,7 +72,7 @@ for _method in KNOWN_METHODS:
 
 # ---------------------------------------------------------------------------------------------- devices
 REGISTRATION_RESULTS = ("ok", "challenged", "unregistered", "denied", "blocked", "bad_credentials",
-                        "bad_password", "overload")
+                        "bad_password", "overload", "disabled")
 REGISTRATIONS = Counter(
     "gb28181_registrations_total", "REGISTER requests by outcome", ["result"],
 )
@@ -96,6 +98,31 @@ for _offline in ("keepalive_timeout", "expired", "unregistered"):
     DEVICE_OFFLINE.labels(_offline)
 for _kind in ("channel", "business_group", "virtual_org"):
     CHANNELS.labels(_kind)
+
+
+
+class _ScrapeTimeSeries:
+    """Series computed when Prometheus scrapes (per-device state, channel rates): ``source`` is set by the
+    running device registry (``DeviceRegistry.metric_families``); nothing is exported without one."""
+
+    NAMES = ("gb28181_device_up", "gb28181_device_keepalive_age_seconds", "gb28181_channels_online",
+             "gb28181_channels_online_ratio", "gb28181_channels_intact_ratio")
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[Metric]] | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        for name in self.NAMES:  # names only: registering must not call the source
+            yield GaugeMetricFamily(name, name)
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        if source is not None:
+            yield from source()
+
+
+DEVICE_SERIES = _ScrapeTimeSeries()
+REGISTRY.register(DEVICE_SERIES)
 
 # ---------------------------------------------------------------------------------------------- streams
 STREAMS_ACTIVE = Gauge("gb28181_streams_active", "Live stream sessions (camera streams being received)")

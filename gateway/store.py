@@ -106,6 +106,12 @@ class DeviceRecord:
     """Last DeviceStatus fields."""
     info: dict[str, str] = field(default_factory=dict)
     """Last DeviceInfo fields (all of them)."""
+    provisioned: bool = False
+    """Added or changed by an operator (REST API): it passes ``devices.allow`` and keeps its settings."""
+    enabled: bool = True
+    """False: its REGISTERs are refused (403) and it cannot stream."""
+    password: str = ""
+    """Its own digest password ('' : ``devices.passwords`` or ``sip.password``)."""
 
 
 @dataclass(slots=True)
@@ -174,7 +180,13 @@ CREATE TABLE channels (
 CREATE INDEX channels_by_channel_id ON channels (channel_id);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+_V2 = """
+ALTER TABLE devices ADD COLUMN provisioned INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE devices ADD COLUMN password TEXT NOT NULL DEFAULT '';
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 """Migration n (1-based) takes the schema from version n-1 to n. Append only; never edit a shipped one."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -192,7 +204,7 @@ _BUSY_TIMEOUT = 5.0
 _DEVICE_COLUMNS = (
     "device_id", "transport", "host", "port", "contact", "registered_at", "expires_at", "last_keepalive",
     "online", "name", "manufacturer", "model", "firmware", "charset", "catalog_sum", "catalog_complete",
-    "catalog_synced_at", "status", "info",
+    "catalog_synced_at", "status", "info", "provisioned", "enabled", "password",
 )  # fmt: skip
 _CHANNEL_COLUMNS = ("device_id", "channel_id", "kind", "name", "parent_id", "status", "fields", "updated_at")
 
@@ -246,7 +258,7 @@ def _device_row(r: DeviceRecord) -> tuple[object, ...]:
     return (
         r.device_id, r.transport, r.host, r.port, r.contact, r.registered_at, r.expires_at, r.last_keepalive,
         r.online, r.name, r.manufacturer, r.model, r.firmware, r.charset, r.catalog_sum, r.catalog_complete,
-        r.catalog_synced_at, _dumps(r.status), _dumps(r.info),
+        r.catalog_synced_at, _dumps(r.status), _dumps(r.info), r.provisioned, r.enabled, r.password,
     )  # fmt: skip
 
 
@@ -452,10 +464,11 @@ class _Db:
                 infos = _loads_many([r[18] for r in rows])
                 devices += [
                     DeviceRecord(
-                        d, tr, h, p, ct, reg, exp, ka, bool(on), n, man, mod, fw, cs, sm, bool(cc), sy, st, inf
+                        d, tr, h, p, ct, reg, exp, ka, bool(on), n, man, mod, fw, cs, sm, bool(cc), sy, st, inf,
+                        bool(pv), bool(en), pw,
                     )
-                    for (d, tr, h, p, ct, reg, exp, ka, on, n, man, mod, fw, cs, sm, cc, sy, _, _), st, inf
-                    in zip(rows, statuses, infos, strict=True)
+                    for (d, tr, h, p, ct, reg, exp, ka, on, n, man, mod, fw, cs, sm, cc, sy, _, _, pv, en, pw), st,
+                    inf in zip(rows, statuses, infos, strict=True)
                 ]  # fmt: skip
             cursor = conn.execute(_SELECT_CHANNELS)
             while rows := cursor.fetchmany(_LOAD_CHUNK):

@@ -293,6 +293,7 @@ class StreamSession:
         if self.first_frame_at is None:
             self.first_frame_at = now
             metrics.STREAM_FIRST_FRAME_SECONDS.observe(now - self._started)
+            self.manager.registry.note_stream_result(self.key.device_id, self.key.channel_id, None)
             if self.state is StreamState.WAITING_MEDIA:
                 self.state = StreamState.PLAYING if self.consumers else StreamState.LINGERING
             log.info("stream first frame", stream=str(self.key), seconds=round(now - self._started, 3))
@@ -365,7 +366,10 @@ class StreamSession:
     # ------------------------------------------------------------------------------------------ end
     async def _fail(self, exc: StreamError) -> None:
         self.error = exc
-        metrics.STREAM_FAILURES.labels(_failure_label(exc)).inc()
+        label = _failure_label(exc)
+        metrics.STREAM_FAILURES.labels(label).inc()
+        if label == "no_media":  # no packets, wrong source/SSRC, undecodable: the channel is not intact
+            self.manager.registry.note_stream_result(self.key.device_id, self.key.channel_id, exc.reason)
         log.warning("stream failed", stream=str(self.key), reason=exc.reason, status=exc.status)
         if not self.ready.done():
             self.ready.set_exception(exc)

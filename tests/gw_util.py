@@ -40,6 +40,7 @@ def make_config(state_dir: Path, sip: dict[str, Any] | None = None, **devices: A
         "sip": {"port": 0, "t1": 0.1, "t2": 0.4, "t4": 0.5, **(sip or {})},
         "devices": dev,
         "rtsp": {"port": 0},
+        "http": {"port": 0},
         "daemon": {"state_dir": str(state_dir), "graceful_timeout": 5},
     })
 

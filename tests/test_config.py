@@ -528,3 +528,190 @@ def test_any_mapping_loads_or_raises_config_error(data: dict[str, Any]) -> None:
     else:
         assert isinstance(c, Config)
         assert Config.from_mapping(dataclasses.asdict(c)) == c
+
+
+# --- environment overrides ---------------------------------------------------------------------------------
+
+DEVICE = "34020000001320000001"
+
+
+def test_env_variable_names() -> None:
+    assert config_module.env_variable("sip", "port") == "GB28181_SIP_PORT"
+    assert config_module.env_variable("devices", "keepalive_interval") == "GB28181_DEVICES_KEEPALIVE_INTERVAL"
+    assert config_module.env_names({"GB28181_SIP_PORT": "1", "PATH": "/bin", "GB28181_LOG_LEVEL": "x"}) == [
+        "GB28181_LOG_LEVEL", "GB28181_SIP_PORT"]
+    assert config_module.describe_source(None, {}) == "built-in defaults"
+    assert config_module.describe_source(Path("gw.toml"), {"GB28181_SIP_PORT": "1", "GB28181_HTTP_TOKEN": "t"}) == (
+        "gw.toml + environment GB28181_HTTP_TOKEN, GB28181_SIP_PORT")
+
+
+def test_env_overrides_every_key_with_its_toml_syntax() -> None:
+    """Every key of every table has a variable; writing each default the documented way gives the defaults."""
+    def env_text(value: Any, f: dataclasses.Field[Any]) -> str:
+        if isinstance(value, str):
+            return value  # string keys: verbatim
+        if isinstance(value, tuple):  # arrays, and tables stored as sorted pairs
+            return "{}" if f.metadata["rule"].expected.startswith("a table") else "[]"
+        return str(value).lower() if isinstance(value, bool) else repr(value)
+
+    defaults = Config()
+    environ = {
+        config_module.env_variable(table, f.name): env_text(getattr(getattr(defaults, table), f.name), f)
+        for table, cls in Config.sections().items()
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    }
+    assert len(environ) == sum(len(dataclasses.fields(cls)) for cls in Config.sections().values())  # type: ignore[arg-type]
+    assert load_config(None, environ) == defaults
+
+
+def test_env_values() -> None:
+    c = load_config(None, {
+        "GB28181_SIP_PORT": "5070",
+        "GB28181_SIP_T1": "1",  # an integer where seconds are expected, as in the file
+        "GB28181_SIP_T2": "4.5",
+        "GB28181_SIP_PASSWORD": "87654321",  # digits, but a string key: taken verbatim, not as a number
+        "GB28181_SIP_LISTEN": "0.0.0.0",
+        "GB28181_HTTP_TOKEN": '"0123456789abcdef"',  # a quoted TOML string is unquoted (env files with quotes)
+        "GB28181_HTTP_METRICS_TOKEN": "'fedcba9876543210'",
+        "GB28181_DEVICES_ALLOW": f'["{DEVICE}", "34020000001320000002"]',
+        "GB28181_DEVICES_PASSWORDS": f'{{ {DEVICE} = "pw1", "34020000001320000002" = "pw2" }}',
+        "GB28181_MEDIA_DIALECTS": f'{{ "{DEVICE}" = "streamprofile" }}',
+        "GB28181_LOG_LEVEL": "debug",
+        "GB28181_DAEMON_STATE_DIR": "/srv/state dir",
+    })
+    assert (c.sip.port, c.sip.t1, c.sip.t2, c.sip.listen) == (5070, 1.0, 4.5, "0.0.0.0")
+    assert c.sip.password == "87654321"
+    assert c.http.token == "0123456789abcdef" and c.http.metrics_token == "fedcba9876543210"
+    assert c.devices.allow == (DEVICE, "34020000001320000002")
+    assert c.devices.password_for(DEVICE, "x") == "pw1"
+    assert c.media.dialect_for(DEVICE) == "streamprofile"
+    assert (c.log.level, c.daemon.state_dir) == ("debug", "/srv/state dir")
+
+
+def test_env_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[sip]\nport = 5061\npassword = "from-file"\n[log]\nlevel = "warning"\n', encoding="utf-8")
+    c = load_config(path, {"GB28181_SIP_PORT": "5070", "GB28181_RTSP_PORT": "0"})
+    assert (c.sip.port, c.sip.password, c.log.level, c.rtsp.port) == (5070, "from-file", "warning", 0)
+    assert load_config(path, {}).sip.port == 5061
+    assert load_config(None, {"GB28181_SIP_PORT": "5070"}) == Config(sip=SipConfig(port=5070))
+
+
+def test_env_reads_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GB28181_SIP_PORT", "5071")
+    assert load_config(None).sip.port == 5071
+    assert config_module.describe_source(None) == "built-in defaults + environment GB28181_SIP_PORT"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"GB28181_SIP_PORT": "70000"}, "sip.port (from GB28181_SIP_PORT) = 70000: expected an integer 0..65535"),
+        ({"GB28181_SIP_PORT": "abc"}, "sip.port (from GB28181_SIP_PORT) = 'abc': expected an integer 0..65535"),
+        ({"GB28181_SIP_PORT": ""}, "sip.port (from GB28181_SIP_PORT) = '': expected an integer 0..65535"),
+        ({"GB28181_SIP_PORT": '"5070"'},
+         "sip.port (from GB28181_SIP_PORT) = '5070': expected an integer 0..65535"),
+        ({"GB28181_SIP_PORT": "true"}, "sip.port (from GB28181_SIP_PORT) = True: expected an integer 0..65535"),
+        # One TOML value only: a second line does not smuggle in another key.
+        ({"GB28181_SIP_PORT": "5070\nlisten = '0.0.0.0'"},
+         "sip.port (from GB28181_SIP_PORT) = \"5070\\nlisten = '0.0.0.0'\": expected an integer 0..65535"),
+        ({"GB28181_LOG_LEVEL": "verbose"},
+         "log.level (from GB28181_LOG_LEVEL) = 'verbose': expected one of 'debug', 'info', 'warning', 'error'"),
+        ({"GB28181_DEVICES_ALLOW": DEVICE},  # a TOML integer: the array needs brackets and quotes
+         f"devices.allow (from GB28181_DEVICES_ALLOW) = {DEVICE}: expected a list of 20-digit device IDs,"
+         " e.g. ['34020000001320000001'] ([] allows every device)"),
+        # Secrets stay hidden, from the environment too.
+        ({"GB28181_HTTP_TOKEN": "short-secret"},
+         "http.token (from GB28181_HTTP_TOKEN) = <hidden str>: expected '' or a token of 16 to 256 visible ASCII"
+         " characters (no spaces)"),
+        ({"GB28181_SIP_PASSWORD": ""}, "sip.password (from GB28181_SIP_PASSWORD) = '': expected a non-empty string"),
+        # A cross-field rule names the variable where it names the key.
+        ({"GB28181_SIP_LISTEN": "0.0.0.0"}, PASSWORD_REFUSED.replace(
+            "sip.listen = ", "sip.listen (from GB28181_SIP_LISTEN) = ").format(listen="0.0.0.0")),
+        ({"GB28181_SIP_PROT": "5070"},
+         "GB28181_SIP_PROT: unknown environment variable (did you mean GB28181_SIP_PORT, for sip.port?);"
+         " GB28181_<TABLE>_<KEY> variables set configuration keys, e.g. GB28181_SIP_PORT for sip.port"),
+        ({"GB28181_sip_port": "5070"},
+         "GB28181_sip_port: unknown environment variable (did you mean GB28181_SIP_PORT, for sip.port?);"
+         " GB28181_<TABLE>_<KEY> variables set configuration keys, e.g. GB28181_SIP_PORT for sip.port"),
+        ({"GB28181_DEVICES_ALLOWLIST": "[]"},
+         "GB28181_DEVICES_ALLOWLIST: unknown environment variable (did you mean GB28181_DEVICES_ALLOW, for"
+         " devices.allow?); GB28181_<TABLE>_<KEY> variables set configuration keys, e.g. GB28181_SIP_PORT for"
+         " sip.port"),
+        ({"GB28181_NOTHING_LIKE_IT": "1"},
+         "GB28181_NOTHING_LIKE_IT: unknown environment variable; GB28181_<TABLE>_<KEY> variables set"
+         " configuration keys, e.g. GB28181_SIP_PORT for sip.port"),
+    ],
+)
+def test_env_invalid(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ)
+    assert info.value.errors == (message,)
+
+
+def test_env_errors_come_with_the_file_errors(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[sip]\nt1 = 0\n[log]\nlevel = "loud"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"GB28181_LOG_LEVEL": "louder", "GB28181_LOG_LEVL": "x", "GB28181_SIP_PORT": "-1"})
+    assert info.value.errors == (
+        "GB28181_LOG_LEVL: unknown environment variable (did you mean GB28181_LOG_LEVEL, for log.level?);"
+        " GB28181_<TABLE>_<KEY> variables set configuration keys, e.g. GB28181_SIP_PORT for sip.port",
+        "sip.port (from GB28181_SIP_PORT) = -1: expected an integer 0..65535",
+        "sip.t1 = 0: expected a number of seconds > 0 and <= 60",
+        "log.level (from GB28181_LOG_LEVEL) = 'louder': expected one of 'debug', 'info', 'warning', 'error'",
+    )
+
+
+def test_env_does_not_hide_a_file_that_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml", {"GB28181_SIP_PORT": "5070"})
+    assert info.value.errors == (f"cannot read {str(tmp_path / 'nope.toml')!r}: No such file or directory",)
+
+
+def test_env_on_a_table_the_file_got_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("sip = 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"GB28181_SIP_PORT": "5070"})
+    assert info.value.errors == ("sip = 5: expected a table [sip]",)
+
+
+# --- reload --------------------------------------------------------------------------------------------------
+
+
+def test_reloadable_keys_exist() -> None:
+    keys = {f"{table}.{f.name}" for table, cls in Config.sections().items()
+            for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    assert config_module.RELOADABLE <= keys
+    assert config_module.RELOADABLE == {"sip.password", "devices.allow", "devices.passwords", "log.level"}
+
+
+def test_changed_keys() -> None:
+    old = Config()
+    assert old.changed_keys(Config()) == []
+    new = Config.from_mapping({"sip": {"port": 5070, "password": "x"}, "log": {"level": "debug"},
+                               "devices": {"passwords": {DEVICE: "p"}}})
+    assert old.changed_keys(new) == ["sip.port", "sip.password", "devices.passwords", "log.level"]
+    assert new.changed_keys(old) == old.changed_keys(new)
+
+
+def test_with_reloadable_takes_only_the_reloadable_keys() -> None:
+    old = Config.from_mapping({"sip": {"port": 5070}})
+    new = Config.from_mapping({"sip": {"port": 5080, "password": "new-pw", "t1": 1.0},
+                               "devices": {"allow": [DEVICE], "passwords": {DEVICE: "own"}, "keepalive_count": 9},
+                               "log": {"level": "warning", "format": "json"}})
+    applied = old.with_reloadable(new)
+    assert old.changed_keys(applied) == ["sip.password", "devices.allow", "devices.passwords", "log.level"]
+    assert (applied.sip.port, applied.sip.t1, applied.devices.keepalive_count, applied.log.format) == (
+        5070, 0.5, 3, "auto")
+    assert applied.sip.password == "new-pw" and applied.devices.allow == (DEVICE,)
+    assert old == Config.from_mapping({"sip": {"port": 5070}})  # frozen: a new Config
+
+
+def test_with_reloadable_validates_against_the_running_keys() -> None:
+    # Valid on its own (loopback), but the running gateway listens beyond loopback: the default password is refused.
+    running = Config.from_mapping({"sip": {"listen": "0.0.0.0", "password": "mine"}})
+    with pytest.raises(ConfigError) as info:
+        running.with_reloadable(Config())
+    assert info.value.errors == (PASSWORD_REFUSED.format(listen="0.0.0.0"),)

@@ -1,16 +1,22 @@
-"""gateway.main and gateway.logs: the CLI, the daemon lifecycle as a real subprocess, and the log output."""
+"""gateway.main, gateway.logs and gateway.sdnotify: the CLI, environment overrides, the daemon lifecycle as a real
+subprocess (signals, SIGHUP reload, sd_notify, SIGTERM during a stream), the log output and the systemd unit."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
 import queue
+import re
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,12 +26,15 @@ from typing import Any
 
 import pytest
 import structlog
+from gw_util import RawClient, make_config, running_gateway
 
 from gateway import __version__
 from gateway.app import Gateway
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.logs import REDACTED, configure_logging, redact_secrets
 from gateway.main import main
+from gateway.sdnotify import Notifier
+from gateway.sim.config import SimConfig, channel_id
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "gateway.toml"
@@ -35,7 +44,10 @@ EXIT_TIMEOUT = 15.0
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "PYTHONWARNINGS")}
+    """The test's environment without what would change the daemon's behaviour (systemd's variables, our
+    GB28181_* overrides), plus ``extra``."""
+    dropped = ("STATE_DIRECTORY", "PYTHONWARNINGS", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("GB28181_")}
     env.update(extra)
     return env
 
@@ -47,18 +59,19 @@ def _write_config(
     state = state_dir if state_dir is not None else tmp_path / "state"
     path = tmp_path / "gateway.toml"
     path.write_text(
-        f'[sip]\nport = 0\n{sip}\n[rtsp]\nport = 0\n[log]\n{log}\n[daemon]\nstate_dir = "{state}"\n{daemon}\n', encoding="utf-8"
+        f'[sip]\nport = 0\n{sip}\n[rtsp]\nport = 0\n[http]\nport = 0\n[log]\n{log}\n[daemon]\nstate_dir = "{state}"\n{daemon}\n', encoding="utf-8"
     )
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.main", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=_env(),
+        env=_env(**(env or {})),
         timeout=60,
     )
 
@@ -259,7 +272,7 @@ def test_daemon_starts_and_stops_cleanly(tmp_path: Path, daemons: list[Daemon], 
 @pytest.mark.e2e
 def test_daemon_state_directory_from_systemd(tmp_path: Path, daemons: list[Daemon]) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text("[sip]\nport = 0\n[rtsp]\nport = 0\n", encoding="utf-8")
+    config.write_text("[sip]\nport = 0\n[rtsp]\nport = 0\n[http]\nport = 0\n", encoding="utf-8")
     state = tmp_path / "lib" / "gb28181-gateway"
     d = Daemon(["--config", str(config)], cwd=tmp_path, env=_env(STATE_DIRECTORY=str(state)))
     daemons.append(d)
@@ -274,7 +287,7 @@ def test_daemon_state_directory_from_systemd(tmp_path: Path, daemons: list[Daemo
 @pytest.mark.e2e
 def test_daemon_default_state_directory_is_var(tmp_path: Path, daemons: list[Daemon]) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text("[sip]\nport = 0\n[rtsp]\nport = 0\n", encoding="utf-8")
+    config.write_text("[sip]\nport = 0\n[rtsp]\nport = 0\n[http]\nport = 0\n", encoding="utf-8")
     d = Daemon(["--config", str(config)], cwd=tmp_path, env=_env())
     daemons.append(d)
     assert d.wait_for_event("state directory")["path"] == str(tmp_path / "var")
@@ -629,3 +642,452 @@ sys.exit(gateway.main.main(sys.argv[1:]))
     failed = d.wait_for_event("gateway failed to start")
     assert failed["level"] == "error" and "Address already in use" in failed["exception"]
     assert d.wait() == 1
+
+
+# --- environment overrides ---------------------------------------------------------------------------------
+
+
+def test_check_config_reports_environment_overrides(tmp_path: Path) -> None:
+    result = run_cli("--check-config", "--config", str(CONF),
+                     env={"GB28181_SIP_PORT": "5070", "GB28181_HTTP_TOKEN": "0123456789abcdef"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"configuration OK: {CONF} + environment GB28181_HTTP_TOKEN, GB28181_SIP_PORT\n"
+    result = run_cli("--check-config", env={"GB28181_LOG_LEVEL": "debug"})
+    assert result.stdout == "configuration OK: built-in defaults + environment GB28181_LOG_LEVEL\n"
+
+
+def test_bad_environment_fails_fast_naming_variable_and_key(tmp_path: Path) -> None:
+    env = {"GB28181_SIP_PORT": "70000", "GB28181_SIP_PASWORD": "hunter2-secret", "GB28181_HTTP_TOKEN": "short"}
+    for args in (["--check-config"], []):  # --check-config and a normal start alike
+        result = run_cli(*args, "--config", str(CONF), cwd=tmp_path, env=env)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"gb28181-gateway: invalid configuration ({CONF} + environment GB28181_HTTP_TOKEN, GB28181_SIP_PASWORD,"
+            " GB28181_SIP_PORT):",
+            "  GB28181_SIP_PASWORD: unknown environment variable (did you mean GB28181_SIP_PASSWORD, for"
+            " sip.password?); GB28181_<TABLE>_<KEY> variables set configuration keys, e.g. GB28181_SIP_PORT for"
+            " sip.port",
+            "  sip.port (from GB28181_SIP_PORT) = 70000: expected an integer 0..65535",
+            "  http.token (from GB28181_HTTP_TOKEN) = <hidden str>: expected '' or a token of 16 to 256 visible"
+            " ASCII characters (no spaces)",
+        ]
+        assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.e2e
+def test_daemon_takes_environment_overrides(tmp_path: Path, daemons: list[Daemon]) -> None:
+    config = _write_config(tmp_path)
+    env = _env(GB28181_SIP_TCP_IDLE_TIMEOUT="33", GB28181_SIP_PASSWORD="env-only-password")
+    d = Daemon(["--config", str(config)], cwd=tmp_path, env=env)
+    daemons.append(d)
+    starting = d.wait_for_event("gateway starting")
+    assert starting["config_source"] == str(config)
+    assert starting["environment"] == ["GB28181_SIP_PASSWORD", "GB28181_SIP_TCP_IDLE_TIMEOUT"]
+    started = d.wait_for_event("gateway started")
+    assert started["config"]["sip"]["tcp_idle_timeout"] == 33.0
+    port = next(json.loads(line)["port"] for line in d.stdout if '"sip listening"' in line)
+    assert _register(port, "env-only-password") == 200
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+    assert "env-only-password" not in d.output()
+
+
+# --- SIP helpers for the daemon tests -----------------------------------------------------------------------
+
+DEVICE = "34020000001320000001"
+OTHER = "34020000001320000002"
+
+
+def _register(port: int, password: str, device: str = DEVICE) -> int:
+    """REGISTER ``device`` with digest to the daemon on ``port``; the final status."""
+    async def go() -> int:
+        client = await RawClient.open(port)
+        try:
+            return (await client.register(device, password)).status
+        finally:
+            client.close()
+
+    return asyncio.run(go())
+
+
+def _ports(d: Daemon) -> tuple[int, int]:
+    """(SIP port, RTSP port) the daemon logged."""
+    sip = d.wait_for_event("sip listening")["port"]
+    rtsp = d.wait_for_event("rtsp listening")["port"]
+    return sip, rtsp
+
+
+# --- SIGHUP reload ---------------------------------------------------------------------------------------------
+
+
+def _reload_config(tmp_path: Path, *, port: int = 0, sip: str = "", devices: str = "", log: str = "") -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f'[sip]\nport = {port}\n{sip}\n[devices]\n{devices}\n[rtsp]\nport = 0\n[http]\nport = 0\n[log]\n{log}\n'
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n', encoding="utf-8")
+    return path
+
+
+@pytest.mark.e2e
+def test_sighup_reloads_passwords_allowlist_and_log_level(tmp_path: Path, daemons: list[Daemon]) -> None:
+    config = _reload_config(tmp_path, sip='password = "first-password"')
+    d = Daemon(["--config", str(config)], cwd=tmp_path, env=_env())
+    daemons.append(d)
+    port, _ = _ports(d)
+    d.wait_for_event("gateway started")
+    assert _register(port, "first-password") == 200
+
+    # Reloadable keys apply; others are named as needing a restart.
+    _reload_config(tmp_path, sip='password = "second-password"\nt1 = 1.0',
+                   devices=f'passwords = {{ {OTHER} = "other-password" }}', log='level = "debug"')
+    d.signal(signal.SIGHUP)
+    warning = d.wait_for_event("configuration changes need a restart to apply")
+    assert warning["level"] == "warning" and warning["keys"] == ["sip.t1"]
+    reloaded = d.wait_for_event("configuration reloaded")
+    assert reloaded["changed"] == ["sip.password", "devices.passwords", "log.level"]
+    assert reloaded["restart_needed"] == ["sip.t1"]
+    assert reloaded["config_source"] == str(config)
+    assert _register(port, "first-password") == 403
+    assert _register(port, "second-password") == 200
+    assert _register(port, "second-password", OTHER) == 403  # its own password now
+    assert _register(port, "other-password", OTHER) == 200
+
+    # The allowlist: a registered device no longer allowed is unregistered, and refused from then on.
+    _reload_config(tmp_path, sip='password = "second-password"\nt1 = 1.0',
+                   devices=f'allow = ["{OTHER}"]\npasswords = {{ {OTHER} = "other-password" }}',
+                   log='level = "debug"')
+    d.signal(signal.SIGHUP)
+    assert d.wait_for_event("device no longer in devices.allow: unregistered")["device_id"] == DEVICE
+    assert d.wait_for_event("configuration reloaded")["changed"] == ["devices.allow"]
+    assert _register(port, "second-password") == 403
+    assert _register(port, "other-password", OTHER) == 200
+
+    # An invalid file: an error naming the keys, and the running configuration stays.
+    _reload_config(tmp_path, port=70000, log='level = "loud"')
+    d.signal(signal.SIGHUP)
+    failed = d.wait_for_event("reload failed: invalid configuration, still running with the previous one")
+    assert failed["level"] == "error", failed
+    assert failed["keys"] == ["log.level", "sip.port"], failed
+    assert failed["errors"] == ["sip.port = 70000: expected an integer 0..65535",
+                                "log.level = 'loud': expected one of 'debug', 'info', 'warning', 'error'"]
+    assert _register(port, "other-password", OTHER) == 200
+
+    d.signal(signal.SIGTERM)
+    records = d.finish()
+    assert d.proc.returncode == 0
+    assert any(r["event"] == "component stopping" and r["level"] == "debug" for r in records)  # log.level applied
+    for secret in ("first-password", "second-password", "other-password"):
+        assert secret not in d.output()
+
+
+@pytest.mark.e2e
+def test_sighup_with_values_that_do_not_fit_the_running_config(tmp_path: Path, daemons: list[Daemon]) -> None:
+    # Valid on its own (loopback with the default password), but the running gateway listens beyond loopback.
+    config = _reload_config(tmp_path, sip='listen = "0.0.0.0"\npassword = "own-password"')
+    d = Daemon(["--config", str(config)], cwd=tmp_path, env=_env(GB28181_RTSP_AUTH="none"))
+    daemons.append(d)
+    d.wait_for_event("gateway started")
+    _reload_config(tmp_path)
+    d.signal(signal.SIGHUP)
+    failed = d.wait_for_event("reload failed: invalid configuration, still running with the previous one")
+    assert failed["keys"] == ["sip.password"]
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+# --- sd_notify -----------------------------------------------------------------------------------------------
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's ``NOTIFY_SOCKET``."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="sdn")  # short: sun_path holds 108 bytes
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.received: list[str] = []
+
+    def expect(self, start: str, timeout: float = START_TIMEOUT) -> str:
+        """The next message beginning with ``start`` (others are kept in ``received``)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.received.append(message)
+            if message.startswith(start):
+                return message
+        pytest.fail(f"no {start!r} within {timeout}s; received {self.received}")
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    sock = NotifySocket()
+    yield sock
+    sock.close()
+
+
+def _fields(message: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in message.splitlines())
+
+
+@pytest.mark.e2e
+def test_daemon_talks_sd_notify(tmp_path: Path, daemons: list[Daemon], notify_socket: NotifySocket) -> None:
+    env = _env(NOTIFY_SOCKET=notify_socket.path, WATCHDOG_USEC="200000")
+    d = Daemon(["--config", str(_write_config(tmp_path))], cwd=tmp_path, env=env)
+    daemons.append(d)
+    assert notify_socket.expect("STATUS=") == "STATUS=starting"
+    ready = _fields(notify_socket.expect("READY=1"))
+    assert ready == {"READY": "1", "STATUS": "0 devices online of 0 registered, 0 streams"}
+    assert notify_socket.expect("WATCHDOG=1", timeout=5).splitlines()[0] == "WATCHDOG=1"
+    notify_socket.expect("WATCHDOG=1", timeout=5)  # again: a loop, not a single ping
+
+    before = time.monotonic_ns() // 1000
+    d.signal(signal.SIGHUP)
+    reloading = _fields(notify_socket.expect("RELOADING=1"))
+    after = time.monotonic_ns() // 1000
+    assert before <= int(reloading["MONOTONIC_USEC"]) <= after  # CLOCK_MONOTONIC, as systemd compares
+    assert reloading["STATUS"] == "reloading configuration"
+    assert _fields(notify_socket.expect("READY=1"))["STATUS"].endswith(" streams")
+    d.wait_for_event("configuration reloaded")
+
+    d.signal(signal.SIGTERM)
+    assert _fields(notify_socket.expect("STOPPING=1")) == {"STOPPING": "1", "STATUS": "stopping"}
+    assert d.wait() == 0
+
+
+async def test_notifier_watchdog_and_status_lines() -> None:
+    sock = NotifySocket()
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": sock.path, "WATCHDOG_USEC": "40000"})
+        assert notifier.enabled and notifier.watchdog_interval == 0.02
+        counter = iter(range(100))
+        task = asyncio.create_task(notifier.run(lambda: f"n={next(counter)}", status_interval=0.1))
+        messages: list[str] = []
+        sock.sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        while sum("STATUS=" in m for m in messages) < 2:
+            messages.append((await asyncio.wait_for(loop.sock_recv(sock.sock, 4096), 5)).decode())
+        task.cancel()
+        assert all(m.startswith("WATCHDOG=1") for m in messages)
+        assert [m.split("STATUS=")[1] for m in messages if "STATUS=" in m] == ["n=0", "n=1"]
+        assert len(messages) >= 6  # watchdog pings between the status lines (every 0.02 s vs 0.1 s)
+    finally:
+        sock.close()
+
+
+async def test_notifier_survives_a_failing_status() -> None:
+    sock = NotifySocket()
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": sock.path, "WATCHDOG_USEC": "20000"})
+
+        def broken() -> str:
+            raise RuntimeError("bug")
+
+        task = asyncio.create_task(notifier.run(broken, status_interval=0.01))
+        await asyncio.sleep(0.1)
+        assert not task.done()  # still pinging the watchdog
+        task.cancel()
+    finally:
+        sock.close()
+
+
+def test_notifier_environment() -> None:
+    assert not Notifier({}).enabled
+    Notifier({}).notify("READY=1")  # a no-op without NOTIFY_SOCKET
+    # An abstract socket (systemd may pass one) is written with a leading '@'.
+    name = f"gb28181-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as abstract:
+        abstract.bind("\0" + name)
+        abstract.settimeout(5)
+        Notifier({"NOTIFY_SOCKET": "@" + name}).notify("READY=1")
+        assert abstract.recv(100) == b"READY=1"
+    assert Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
+    assert Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "30000000",
+                     "WATCHDOG_PID": str(os.getpid() + 1)}).watchdog_interval is None  # meant for another process
+    assert Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "0"}).watchdog_interval is None
+
+
+async def test_notifier_without_socket_returns_at_once() -> None:
+    await asyncio.wait_for(Notifier({}).run(lambda: "x", status_interval=0.01), 1)
+
+
+# --- Gateway.reload in process -------------------------------------------------------------------------------
+
+
+async def test_gateway_reload_applies_only_reloadable_keys(tmp_path: Path) -> None:
+    config = make_config(tmp_path, sip={"password": "old-password"})
+    async with running_gateway(config) as gw:
+        assert gw.sip is not None
+        client = await RawClient.open(gw.sip.port)
+        try:
+            assert (await client.register(DEVICE, "old-password")).status == 200
+            assert (await client.register(OTHER, "old-password")).status == 200
+            new = Config.from_mapping({
+                "sip": {"port": 5999, "password": "new-password"},
+                "devices": {"allow": [OTHER], "passwords": {OTHER: "other-password"}, "keepalive_count": 99},
+                "log": {"level": "warning"},
+            })
+            gw.reload(new)
+            assert gw.config.sip.password == "new-password" and gw.config.log.level == "warning"
+            assert gw.config.sip.port == 0 and gw.config.devices.keepalive_count == 3  # need a restart
+            assert gw.devices.config is gw.config
+            assert gw.devices.password_for(DEVICE) == "new-password"
+            assert gw.devices.password_for(OTHER) == "other-password"
+            # No longer allowed: unregistered; still allowed: its registration stands.
+            dev, other = gw.devices.get(DEVICE), gw.devices.get(OTHER)
+            assert dev is not None and not dev.registered and not dev.rec.online
+            assert other is not None and other.registered and other.rec.online
+            assert gw.devices.counts == (1, 1)
+            assert (await client.register(DEVICE, "new-password")).status == 403
+            assert (await client.register(OTHER, "other-password")).status == 200
+
+            # Values that do not fit the running configuration change nothing.
+            running = gw.config
+            beyond = Config.from_mapping({"sip": {"listen": "0.0.0.0", "password": "x"}})
+            gw.config = beyond
+            with pytest.raises(ConfigError):
+                gw.reload(Config())
+            assert gw.config is beyond
+            gw.config = running
+        finally:
+            client.close()
+
+
+# --- lifecycle: SIGTERM during a stream --------------------------------------------------------------------
+
+_SIM = "import sys; from gateway.sim.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _rtsp_describe(port: int, path: str) -> tuple[socket.socket, str]:
+    """DESCRIBE on a new RTSP connection (which starts the stream); the open socket and the response head."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=START_TIMEOUT)
+    sock.sendall(f"DESCRIBE rtsp://127.0.0.1:{port}/{path} RTSP/1.0\r\nCSeq: 1\r\n"
+                 "Accept: application/sdp\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed: {data!r}"
+        data += chunk
+    return sock, data.split(b"\r\n\r\n")[0].decode()
+
+
+@pytest.mark.e2e
+def test_sigterm_during_a_stream_byes_the_camera_and_exits_0(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """The real daemon, a real simulator process and an RTSP viewer: SIGTERM ends the stream with a BYE that the
+    simulator (a separate process) sees, and the gateway exits 0."""
+    config = _write_config(tmp_path, sip='password = "lifecycle-password"')
+    gw = Daemon(["--config", str(config)], cwd=tmp_path, env=_env())
+    daemons.append(gw)
+    sip_port, rtsp_port = _ports(gw)
+    gw.wait_for_event("gateway started")
+    sim = Daemon(["--server", f"127.0.0.1:{sip_port}", "--password", "lifecycle-password", "--devices", "1",
+                  "--channels", "1", "--audio", "none", "--width", "320", "--height", "240", "--log-format",
+                  "json"], cwd=tmp_path, env=_env(), code=_SIM)
+    daemons.append(sim)
+    device = SimConfig().first_id
+    channel = channel_id(device, 0)
+    assert gw.wait_for_event("catalog synced")["device_id"] == device
+
+    viewer, head = _rtsp_describe(rtsp_port, f"{device}/{channel}")
+    try:
+        assert head.startswith("RTSP/1.0 200 "), head
+        streaming = sim.wait_for_event("streaming")
+        assert streaming["channel_id"] == channel
+
+        gw.signal(signal.SIGTERM)
+        bye = sim.wait_for_event("bye received", timeout=EXIT_TIMEOUT)
+        assert bye["channel_id"] == channel and bye["call_id"] == streaming["call_id"]
+        assert bye["packets"] > 0
+        records = gw.finish()
+        assert gw.proc.returncode == 0
+        assert (records[-1]["event"], records[-1]["exit_code"]) == ("exiting", 0)
+        viewer.settimeout(EXIT_TIMEOUT)
+        while viewer.recv(65536):  # the gateway closed the viewer's connection on the way out
+            pass
+    finally:
+        viewer.close()
+    assert sim.proc.poll() is None  # the camera lives on; it just lost its platform
+    sim.signal(signal.SIGTERM)
+    assert sim.wait() == 0
+
+
+# --- systemd unit ------------------------------------------------------------------------------------------
+
+UNIT = ROOT / "systemd" / "gb28181-gateway.service"
+SYSUSERS = ROOT / "systemd" / "gb28181-gateway.sysusers"
+INSTALLED = "/opt/gb28181-gateway/.venv/bin/gb28181-gateway"
+
+
+def _unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_unit_file_settings() -> None:
+    s = _unit_settings()
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert s["ExecStart"] == [f"{INSTALLED} --config /etc/gb28181-gateway/gateway.toml"]
+    assert s["ExecReload"] == [f"{INSTALLED} --config /etc/gb28181-gateway/gateway.toml --check-config",
+                               "/bin/kill -HUP $MAINPID"]
+    assert s["Restart"] == ["on-failure"]
+    assert s["User"] == ["gb28181"] and "DynamicUser" not in s
+    assert s["StateDirectory"] == ["gb28181-gateway"]
+    for key, value in {"ProtectSystem": "strict", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
+                       "ProtectHome": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+                       "CapabilityBoundingSet": "", "AmbientCapabilities": ""}.items():
+        assert s[key] == [value], key
+    assert "@system-service" in s["SystemCallFilter"]
+    assert "#AmbientCapabilities=CAP_NET_BIND_SERVICE" in UNIT.read_text(encoding="utf-8").splitlines()
+    # The watchdog fires well after the daemon's pings (WatchdogSec/2), and the stop timeout exceeds the
+    # default graceful_timeout.
+    assert int(s["WatchdogSec"][0]) >= 10
+    assert int(s["TimeoutStopSec"][0]) > Config().daemon.graceful_timeout
+
+
+def _systemd_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian package systemd)")
+    return path
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    tool = _systemd_tool("systemd-analyze")
+    # verify checks that ExecStart's program exists: point a copy at one that does (the unit's name is kept).
+    copy = tmp_path / UNIT.name
+    copy.write_text(UNIT.read_text(encoding="utf-8").replace(INSTALLED, "/bin/true"), encoding="utf-8")
+    try:
+        result = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.skip("systemd-analyze verify did not finish (no usable systemd in this container)")
+    cannot_run = re.search(r"Failed to (initialize|set ?up|allocate) manager|Failed to setup working directory"
+                           r"|not been booted with systemd", result.stderr)
+    if result.returncode != 0 and cannot_run:
+        pytest.skip(f"systemd-analyze cannot run here: {result.stderr.strip()}")
+    # Unknown keys and bad values are only warnings (exit 0): any output at all is a failure.
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_sysusers_file_creates_the_user(tmp_path: Path) -> None:
+    tool = _systemd_tool("systemd-sysusers")
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run([tool, f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    passwd = (tmp_path / "etc" / "passwd").read_text(encoding="utf-8").splitlines()
+    (entry,) = [line for line in passwd if line.startswith("gb28181:")]
+    assert entry.split(":")[5:] == ["/var/lib/gb28181-gateway", "/usr/sbin/nologin"]
+    assert any(line.startswith("gb28181:") for line in (tmp_path / "etc" / "group").read_text().splitlines())

@@ -453,7 +453,7 @@ async def test_failed_migration_rolls_back(path: Path) -> None:
     assert f"migration to schema version {SCHEMA_VERSION + 1} failed" in message
     assert "no such table: no_such_table" in message
     await s.close()  # safe after a failed open
-    assert raw(path, "SELECT value FROM meta") == [("1",)]
+    assert raw(path, "SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]  # the good migrations stay; the bad one rolled back
     assert raw(path, "SELECT name FROM sqlite_master WHERE name = 'extra'") == []
 
     def orphan(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,436 @@
+"""The HTTP server: REST API under ``/api/v1/``, ``/metrics``, ``/healthz``, ``/readyz``, ``/openapi.json``.
+
+Theory of operation
+-------------------
+One aiohttp application on ``http.listen:http.port`` (default 127.0.0.1:8080), a thin adapter over the registry
+(``gateway.devices``) and the stream manager (``gateway.streams``); WHEP and the web page join it later.
+
+* Errors are JSON everywhere: ``{"error": {"status": 404, "reason": "unknown device 3402..."}}``. Bad input
+  (malformed IDs, a body that is not a JSON object, unknown or mistyped fields) is ``400`` naming the field;
+  bodies above ``http.max_body_size`` are ``413``; a device that does not answer in time ``504``; an offline
+  device ``409`` for queries and ``404`` for streams (as RTSP answers).
+* Authentication: with ``http.token`` set (required beyond loopback by the configuration), ``/api/v1/*`` needs
+  ``Authorization: Bearer <token>`` (``401`` otherwise, compared in constant time). ``/metrics`` takes its own
+  optional ``http.metrics_token``. ``/healthz`` (the loop answers) and ``/readyz`` (every component started and
+  not stopping: ``503`` otherwise) stay open for probes, and so does ``/openapi.json``.
+* Streams started with ``POST /api/v1/streams`` are held by the API (a consumer like any viewer) until
+  ``DELETE /api/v1/streams/<device_id>/<channel_id>``, which stops the stream itself (viewers are told why).
+* Passwords are write-only: a device shows ``own_password: true``, never the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from . import __version__
+from .config import HttpConfig
+from .devices import Device, QueryFailed
+from .fanout import Subscription
+from .openapi import openapi_document
+from .store import ChannelRecord
+from .streams import StreamError, StreamKey, StreamSession
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+log = structlog.get_logger("gateway.api")
+
+_ID = re.compile(r"[0-9]{20}")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Answer the request with ``status`` and a JSON ``reason``."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"status": status, "reason": reason}}, status=status, headers=headers)
+
+
+def _iso(wall: float) -> str | None:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds") if wall > 0 else None
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _ID.fullmatch(value):
+        raise ApiError(400, f"{what} must be 20 digits, not {value[:40]!r}")
+    return value
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except ValueError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def _fields(body: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """``body`` checked against ``spec`` (field → type): unknown fields and wrong types are 400 naming them."""
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}: expected {', '.join(sorted(spec))}")
+    for name, value in body.items():
+        expected = spec[name]
+        # bool is an int in Python; JSON true is never an integer here.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+            raise ApiError(400, f"field {name!r} must be {names}, not {type(value).__name__}")
+    return body
+
+
+class HttpApi:
+    """The gateway component: ``start()`` listens; ``stop()`` closes the listener and releases held streams."""
+
+    def __init__(self, config: HttpConfig, gateway: Gateway) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.port = config.port
+        self.held: dict[StreamKey, tuple[StreamSession, Subscription]] = {}
+        self._runner: web.AppRunner | None = None
+        self.app = self._build()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def _build(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=self.config.max_body_size)
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/openapi.json", self.openapi)
+        r.add_get("/api/v1/devices", self.list_devices)
+        r.add_get("/api/v1/devices/{device_id}", self.get_device)
+        r.add_put("/api/v1/devices/{device_id}", self.put_device)
+        r.add_delete("/api/v1/devices/{device_id}", self.delete_device)
+        r.add_get("/api/v1/devices/{device_id}/channels", self.device_channels)
+        r.add_post("/api/v1/devices/{device_id}/catalog", self.refresh_catalog)
+        r.add_get("/api/v1/devices/{device_id}/info", self.device_info)
+        r.add_get("/api/v1/devices/{device_id}/status", self.device_status)
+        r.add_get("/api/v1/channels", self.list_channels)
+        r.add_get("/api/v1/streams", self.list_streams)
+        r.add_post("/api/v1/streams", self.start_stream)
+        r.add_delete("/api/v1/streams/{device_id}/{channel_id}", self.stop_stream)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.listen, self.config.port, reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses
+        if addresses:
+            self.port = addresses[0][1]
+        log.info("http listening", listen=self.config.listen, port=self.port,
+                 api_auth="bearer" if self.config.token else "none (loopback)",
+                 metrics_auth="bearer" if self.config.metrics_token else "none")
+
+    async def stop(self) -> None:
+        held, self.held = self.held, {}
+        for session, sub in held.values():
+            session.leave(sub)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------------------------------------ middleware
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.reason, exc.headers)
+        except web.HTTPException as exc:  # aiohttp's own: 404 route, 405 method, 413 body too large
+            if exc.status < 400:
+                raise
+            reason = exc.reason
+            if exc.status == 413:
+                reason = f"request body larger than http.max_body_size ({self.config.max_body_size} bytes)"
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            return error_response(exc.status, reason, headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("http request failed", method=request.method, path=request.path)
+            return error_response(500, "internal error (logged)")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path == "/metrics":
+            token = self.config.metrics_token
+        elif path in ("/healthz", "/readyz", "/openapi.json"):
+            token = ""
+        else:
+            token = self.config.token
+        if token:
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+                log.info("http unauthorized", path=path, peer=request.remote)
+                raise ApiError(401, "missing or wrong bearer token",
+                               {"WWW-Authenticate": 'Bearer realm="gb28181-gateway"'})
+        return await handler(request)
+
+    # ------------------------------------------------------------------------------------------ probes
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.gateway.ready:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "reason": "starting or stopping"}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(__version__))
+
+    # ------------------------------------------------------------------------------------------ devices
+    def _device(self, request: web.Request) -> Device:
+        device_id = _check_id(request.match_info["device_id"], "device ID")
+        dev = self.gateway.devices.get(device_id)
+        if dev is None:
+            raise ApiError(404, f"unknown device {device_id}")
+        return dev
+
+    def _device_json(self, dev: Device) -> dict[str, Any]:
+        rec = dev.rec
+        return {
+            "device_id": rec.device_id, "name": rec.name, "manufacturer": rec.manufacturer, "model": rec.model,
+            "firmware": rec.firmware, "online": rec.online, "registered": dev.registered,
+            "transport": rec.transport, "host": rec.host, "port": rec.port,
+            "registered_at": _iso(rec.registered_at), "expires_at": _iso(rec.expires_at),
+            "last_keepalive": _iso(rec.last_keepalive),
+            "channels": sum(1 for c in dev.channels.values() if c.kind == "channel"),
+            "catalog_items": len(dev.channels), "catalog_complete": rec.catalog_complete,
+            "catalog_synced_at": _iso(rec.catalog_synced_at),
+            "provisioned": rec.provisioned, "enabled": rec.enabled, "own_password": bool(rec.password),
+            "status": rec.status, "info": rec.info,
+        }
+
+    def _channel_json(self, dev: Device, ch: ChannelRecord) -> dict[str, Any]:
+        status = ch.status.upper()
+        online = dev.rec.online and status != "OFF"
+        faults = self.gateway.devices.media_faults
+        return {
+            "device_id": ch.device_id, "channel_id": ch.channel_id, "kind": ch.kind, "name": ch.name,
+            "parent_id": ch.parent_id, "status": ch.status, "online": online,
+            "intact": online and status not in ("VLOST", "DEFECT") and (ch.device_id, ch.channel_id) not in faults,
+            "fields": ch.fields, "updated_at": _iso(ch.updated_at),
+        }
+
+    @staticmethod
+    def _page(request: web.Request, total: int) -> tuple[int, int]:
+        try:
+            limit = int(request.query.get("limit", "1000"))
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            raise ApiError(400, "limit and offset must be integers") from None
+        if not (1 <= limit <= 10000 and 0 <= offset):
+            raise ApiError(400, "expected 1 <= limit <= 10000 and offset >= 0")
+        return limit, offset
+
+    @staticmethod
+    def _bool_query(request: web.Request, name: str) -> bool | None:
+        value = request.query.get(name)
+        if value is None:
+            return None
+        if value.lower() in ("true", "1", "yes"):
+            return True
+        if value.lower() in ("false", "0", "no"):
+            return False
+        raise ApiError(400, f"{name} must be true or false, not {value[:20]!r}")
+
+    async def list_devices(self, request: web.Request) -> web.Response:
+        online = self._bool_query(request, "online")
+        devices = [d for d in self.gateway.devices.devices.values() if online is None or d.rec.online == online]
+        limit, offset = self._page(request, len(devices))
+        return web.json_response({"total": len(devices), "limit": limit, "offset": offset,
+                                  "devices": [self._device_json(d) for d in devices[offset:offset + limit]]})
+
+    async def get_device(self, request: web.Request) -> web.Response:
+        return web.json_response(self._device_json(self._device(request)))
+
+    async def put_device(self, request: web.Request) -> web.Response:
+        device_id = _check_id(request.match_info["device_id"], "device ID")
+        body = _fields(await _json_object(request), {"password": str, "enabled": bool, "name": str})
+        password = body.get("password")
+        if password is not None and (len(password) > 128 or any(c in password for c in "\r\n\0")):
+            raise ApiError(400, "password must be at most 128 characters, without line breaks")
+        if "name" in body and len(body["name"]) > 256:
+            raise ApiError(400, "name must be at most 256 characters")
+        dev, created = self.gateway.devices.provision(device_id, password=password, enabled=body.get("enabled"),
+                                                      name=body.get("name"))
+        if body.get("enabled") is False:
+            await self._stop_device_streams(device_id, "device disabled by operator")
+        return web.json_response(self._device_json(dev), status=201 if created else 200)
+
+    async def delete_device(self, request: web.Request) -> web.Response:
+        dev = self._device(request)
+        await self._stop_device_streams(dev.device_id, "device deleted by operator")
+        self.gateway.devices.remove(dev.device_id)
+        return web.Response(status=204)
+
+    async def device_channels(self, request: web.Request) -> web.Response:
+        dev = self._device(request)
+        channels = [self._channel_json(dev, ch) for ch in dev.channels.values()]
+        return web.json_response({"total": len(channels), "channels": channels})
+
+    async def list_channels(self, request: web.Request) -> web.Response:
+        device_id = request.query.get("device_id")
+        kind = request.query.get("kind")
+        status = request.query.get("status")
+        online = self._bool_query(request, "online")
+        if kind is not None and kind not in ("channel", "business_group", "virtual_org"):
+            raise ApiError(400, "kind must be channel, business_group or virtual_org")
+        devices = self.gateway.devices.devices
+        if device_id is not None:
+            _check_id(device_id, "device_id")
+            selected = [devices[device_id]] if device_id in devices else []
+        else:
+            selected = list(devices.values())
+        out = []
+        for dev in selected:
+            for ch in dev.channels.values():
+                if kind is not None and ch.kind != kind:
+                    continue
+                if status is not None and ch.status.upper() != status.upper():
+                    continue
+                item = self._channel_json(dev, ch)
+                if online is not None and item["online"] != online:
+                    continue
+                out.append(item)
+        limit, offset = self._page(request, len(out))
+        return web.json_response({"total": len(out), "limit": limit, "offset": offset,
+                                  "channels": out[offset:offset + limit]})
+
+    def _reachable(self, dev: Device) -> None:
+        if not dev.rec.online or dev.peer is None:
+            raise ApiError(409, f"device {dev.device_id} is offline")
+
+    async def refresh_catalog(self, request: web.Request) -> web.Response:
+        dev = self._device(request)
+        self._reachable(dev)
+        try:
+            collector = await self.gateway.devices.sync_catalog(dev)
+        except QueryFailed as exc:
+            raise ApiError(504 if exc.status is None else 502, f"catalog refresh failed: {exc.reason}") from None
+        return web.json_response({"device_id": dev.device_id, "items": len(collector.items),
+                                  "sum_num": collector.sum_num, "complete": collector.complete,
+                                  "parts": collector.parts})
+
+    async def _query(self, request: web.Request, cmd_type: str) -> web.Response:
+        dev = self._device(request)
+        self._reachable(dev)
+        try:
+            doc = await self.gateway.devices.query(dev, cmd_type)
+        except QueryFailed as exc:
+            raise ApiError(504 if exc.status is None else 502, f"{cmd_type} query failed: {exc.reason}") from None
+        fields = {k: v for k, v in doc.tree.flat().items() if k not in ("CmdType", "SN", "DeviceID")}
+        return web.json_response({"device_id": dev.device_id, "cmd_type": cmd_type, "fields": fields})
+
+    async def device_info(self, request: web.Request) -> web.Response:
+        return await self._query(request, "DeviceInfo")
+
+    async def device_status(self, request: web.Request) -> web.Response:
+        return await self._query(request, "DeviceStatus")
+
+    # ------------------------------------------------------------------------------------------ streams
+    def _stream_json(self, session: StreamSession) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        cache = session.fanout.cache
+        key = session.key
+        return {
+            "device_id": key.device_id, "channel_id": key.channel_id,
+            "stream": "sub" if key.substream else "main", "state": session.state.value,
+            "transport": session.transport, "consumers": session.consumers,
+            "held_by_api": key in self.held,
+            "video_codec": cache.video_codec.name.lower() if cache.video_codec is not None else None,
+            "playing_seconds": round(loop.time() - session.first_frame_at, 3)
+            if session.first_frame_at is not None else None,
+            "call_id": session.invite.call_id if session.invite is not None else None,
+            "error": session.error.reason if session.error is not None else None,
+        }
+
+    async def list_streams(self, request: web.Request) -> web.Response:
+        streams = [self._stream_json(s) for s in self.gateway.streams.sessions.values()]
+        return web.json_response({"total": len(streams), "streams": streams})
+
+    async def start_stream(self, request: web.Request) -> web.Response:
+        body = _fields(await _json_object(request), {"device_id": str, "channel_id": str, "stream": str})
+        if "channel_id" not in body:
+            raise ApiError(400, "field 'channel_id' is required")
+        device_id = body.get("device_id")
+        if device_id is not None:
+            _check_id(device_id, "device_id")
+        channel_id = _check_id(body["channel_id"], "channel_id")
+        stream = body.get("stream", "main")
+        if stream not in ("main", "sub"):
+            raise ApiError(400, f"stream must be main or sub, not {stream[:20]!r}")
+        substream = 1 if stream == "sub" else 0
+        try:
+            dev, channel = self.gateway.streams.resolve(device_id, channel_id)
+        except StreamError as exc:
+            raise ApiError(exc.http_status, exc.reason) from None
+        key = StreamKey(dev.device_id, channel, substream)
+        if key in self.held and not self.held[key][0].fanout.closed:
+            return web.json_response(self._stream_json(self.held[key][0]), status=200)
+        try:
+            session, sub = await self.gateway.streams.open(dev.device_id, channel, substream=substream,
+                                                           consumer="api")
+        except StreamError as exc:
+            raise ApiError(exc.http_status, exc.reason) from None
+        sub.close()  # held, not read: the consumer count keeps the stream up
+        old = self.held.pop(key, None)
+        if old is not None:
+            old[0].leave(old[1])
+        self.held[key] = (session, sub)
+        log.info("stream started by operator", stream=str(key))
+        return web.json_response(self._stream_json(session), status=201)
+
+    async def stop_stream(self, request: web.Request) -> web.Response:
+        device_id = _check_id(request.match_info["device_id"], "device ID")
+        channel_id = _check_id(request.match_info["channel_id"], "channel ID")
+        stream = request.query.get("stream", "main")
+        if stream not in ("main", "sub"):
+            raise ApiError(400, f"stream must be main or sub, not {stream[:20]!r}")
+        key = StreamKey(device_id, channel_id, 1 if stream == "sub" else 0)
+        session = self.gateway.streams.sessions.get(key)
+        held = self.held.pop(key, None)
+        if session is None:
+            raise ApiError(404, f"no stream {key}")
+        if held is not None:
+            held[0].leave(held[1])
+        await session.stop("stopped by operator")
+        log.info("stream stopped by operator", stream=str(key))
+        return web.Response(status=204)
+
+    async def _stop_device_streams(self, device_id: str, reason: str) -> None:
+        for key in [k for k in self.held if k.device_id == device_id]:
+            session, sub = self.held.pop(key)
+            session.leave(sub)
+        sessions = [s for k, s in self.gateway.streams.sessions.items() if k.device_id == device_id]
+        await asyncio.gather(*(s.stop(reason) for s in sessions), return_exceptions=True)

@@ -1,0 +1,167 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json`` (``tests/test_api.py`` checks that every
+route of ``gateway.api`` is described and every described path is routed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _ERROR for c in codes}
+
+
+_DEVICE_ID = {"name": "device_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9]{20}$"}}
+_CHANNEL_ID = {"name": "channel_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[0-9]{20}$"}}
+_PAGE = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000,
+                                                       "default": 1000}},
+         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}]
+_ONLINE = {"name": "online", "in": "query", "schema": {"type": "boolean"}}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The whole document (a fresh dict each call)."""
+    query = {
+        "parameters": [_DEVICE_ID],
+        "responses": {"200": _json(_ref("QueryResult")), **_errors(400, 401, 404, 409, 502, 504)},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "gb28181-gateway",
+            "version": version,
+            "description": "GB/T 28181 media gateway: devices, channels and live streams. Errors are JSON "
+                           "{error: {status, reason}}. With http.token set, /api/v1/* needs "
+                           "'Authorization: Bearer <token>'.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": _json(_ref("Error"), "Error with a reason")},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["status", "reason"],
+                    "properties": {"status": {"type": "integer"}, "reason": {"type": "string"}}}}},
+                "Device": {"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "name": {"type": "string"},
+                    "manufacturer": {"type": "string"}, "model": {"type": "string"},
+                    "firmware": {"type": "string"}, "online": {"type": "boolean"},
+                    "registered": {"type": "boolean"}, "transport": {"type": "string", "enum": ["UDP", "TCP"]},
+                    "host": {"type": "string"}, "port": {"type": "integer"},
+                    "registered_at": {"type": ["string", "null"], "format": "date-time"},
+                    "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                    "last_keepalive": {"type": ["string", "null"], "format": "date-time"},
+                    "channels": {"type": "integer"}, "catalog_items": {"type": "integer"},
+                    "catalog_complete": {"type": "boolean"},
+                    "catalog_synced_at": {"type": ["string", "null"], "format": "date-time"},
+                    "provisioned": {"type": "boolean"}, "enabled": {"type": "boolean"},
+                    "own_password": {"type": "boolean", "description": "passwords are never returned"},
+                    "status": {"type": "object"}, "info": {"type": "object"}}},
+                "DeviceUpdate": {"type": "object", "additionalProperties": False, "properties": {
+                    "password": {"type": "string", "maxLength": 128,
+                                 "description": "its own digest password; '' falls back to the configured one"},
+                    "enabled": {"type": "boolean", "description": "false refuses its REGISTERs (403)"},
+                    "name": {"type": "string", "maxLength": 256}}},
+                "Channel": {"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "channel_id": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["channel", "business_group", "virtual_org"]},
+                    "name": {"type": "string"}, "parent_id": {"type": "string"},
+                    "status": {"type": "string", "description": "ON, OFF, VLOST, DEFECT as reported"},
+                    "online": {"type": "boolean"}, "intact": {"type": "boolean"}, "fields": {"type": "object"},
+                    "updated_at": {"type": ["string", "null"], "format": "date-time"}}},
+                "Stream": {"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "channel_id": {"type": "string"},
+                    "stream": {"type": "string", "enum": ["main", "sub"]},
+                    "state": {"type": "string", "enum": ["inviting", "waiting_media", "playing", "lingering",
+                                                         "stopped", "failed"]},
+                    "transport": {"type": "string"}, "consumers": {"type": "integer"},
+                    "held_by_api": {"type": "boolean"}, "video_codec": {"type": ["string", "null"]},
+                    "playing_seconds": {"type": ["number", "null"]}, "call_id": {"type": ["string", "null"]},
+                    "error": {"type": ["string", "null"]}}},
+                "StreamStart": {"type": "object", "required": ["channel_id"], "additionalProperties": False,
+                                "properties": {"device_id": {"type": "string"}, "channel_id": {"type": "string"},
+                                               "stream": {"type": "string", "enum": ["main", "sub"]}}},
+                "QueryResult": {"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "cmd_type": {"type": "string"}, "fields": {"type": "object"}}},
+                "CatalogResult": {"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "items": {"type": "integer"},
+                    "sum_num": {"type": ["integer", "null"]}, "complete": {"type": "boolean"},
+                    "parts": {"type": "integer"}}},
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness: the event loop answers", "security": [],
+                                 "responses": {"200": _json({"type": "object"})}}},
+            "/readyz": {"get": {"summary": "Readiness: every component started and not stopping", "security": [],
+                                "responses": {"200": _json({"type": "object"}),
+                                              "503": _json({"type": "object"}, "Not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (http.metrics_token if set)",
+                                 "responses": {"200": {"description": "text exposition format",
+                                                       "content": {"text/plain": {}}}, **_errors(401)}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                      "responses": {"200": _json({"type": "object"})}}},
+            "/api/v1/devices": {"get": {
+                "summary": "List devices", "parameters": [_ONLINE, *_PAGE],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "total": {"type": "integer"}, "devices": {"type": "array", "items": _ref("Device")}}}),
+                    **_errors(400, 401)}}},
+            "/api/v1/devices/{device_id}": {
+                "get": {"summary": "One device", "parameters": [_DEVICE_ID],
+                        "responses": {"200": _json(_ref("Device")), **_errors(400, 401, 404)}},
+                "put": {"summary": "Add or change a device (its own password, enabled; it passes devices.allow)",
+                        "parameters": [_DEVICE_ID],
+                        "requestBody": {"content": {"application/json": {"schema": _ref("DeviceUpdate")}}},
+                        "responses": {"200": _json(_ref("Device"), "Changed"),
+                                      "201": _json(_ref("Device"), "Added"), **_errors(400, 401, 413)}},
+                "delete": {"summary": "Forget a device and its channels (its streams stop)",
+                           "parameters": [_DEVICE_ID],
+                           "responses": {"204": {"description": "Deleted"}, **_errors(400, 401, 404)}},
+            },
+            "/api/v1/devices/{device_id}/channels": {"get": {
+                "summary": "A device's catalog", "parameters": [_DEVICE_ID],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "total": {"type": "integer"}, "channels": {"type": "array", "items": _ref("Channel")}}}),
+                    **_errors(400, 401, 404)}}},
+            "/api/v1/devices/{device_id}/catalog": {"post": {
+                "summary": "Query the device's catalog now and store it", "parameters": [_DEVICE_ID],
+                "responses": {"200": _json(_ref("CatalogResult")), **_errors(400, 401, 404, 409, 502, 504)}}},
+            "/api/v1/devices/{device_id}/info": {"get": {"summary": "Ask the device for DeviceInfo", **query}},
+            "/api/v1/devices/{device_id}/status": {"get": {"summary": "Ask the device for DeviceStatus", **query}},
+            "/api/v1/channels": {"get": {
+                "summary": "Channels of every device",
+                "parameters": [{"name": "device_id", "in": "query", "schema": {"type": "string"}},
+                               {"name": "kind", "in": "query", "schema": {"type": "string"}},
+                               {"name": "status", "in": "query", "schema": {"type": "string"}}, _ONLINE, *_PAGE],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "total": {"type": "integer"}, "channels": {"type": "array", "items": _ref("Channel")}}}),
+                    **_errors(400, 401)}}},
+            "/api/v1/streams": {
+                "get": {"summary": "Live streams", "responses": {"200": _json({"type": "object", "properties": {
+                    "total": {"type": "integer"}, "streams": {"type": "array", "items": _ref("Stream")}}}),
+                    **_errors(401)}},
+                "post": {"summary": "Start a stream and hold it until DELETE (INVITE, first frame)",
+                         "requestBody": {"required": True,
+                                         "content": {"application/json": {"schema": _ref("StreamStart")}}},
+                         "responses": {"201": _json(_ref("Stream"), "Started"),
+                                       "200": _json(_ref("Stream"), "Already held"),
+                                       **_errors(400, 401, 404, 502, 503, 504)}},
+            },
+            "/api/v1/streams/{device_id}/{channel_id}": {"delete": {
+                "summary": "Stop a stream (BYE; its viewers are told why)",
+                "parameters": [_DEVICE_ID, _CHANNEL_ID,
+                               {"name": "stream", "in": "query", "schema": {"type": "string",
+                                                                           "enum": ["main", "sub"]}}],
+                "responses": {"204": {"description": "Stopped"}, **_errors(400, 401, 404)}}},
+        },
+    }
