@@ -49,8 +49,8 @@ SIP_REQUESTS = Counter(
     ["direction", "method"],
 )
 SIP_RESPONSES = Counter(
-    "gb28181_sip_responses_total", "SIP final and provisional responses by direction and status code",
-    ["direction", "status"],
+    "gb28181_sip_responses_total", "SIP final and provisional responses by direction, method (CSeq) and status",
+    ["direction", "method", "status"],
 )
 SIP_DROPPED = Counter(
     "gb28181_sip_dropped_total", "SIP datagrams, messages or connections dropped or refused, by reason",
@@ -157,7 +157,7 @@ for _gop_reason in GOP_CACHE_DROP_REASONS:
     GOP_CACHE_DROPPED.labels(_gop_reason)
 
 # ---------------------------------------------------------------------------------------------- egress
-VIEWER_PROTOCOLS = ("rtsp",)
+VIEWER_PROTOCOLS = ("rtsp", "webrtc", "cascade")
 VIEWERS = Gauge("gb28181_viewers", "Viewers currently playing a stream, by protocol", ["protocol"])
 RTSP_CONNECTIONS = Gauge("gb28181_rtsp_connections", "RTSP connections currently open")
 RTSP_CONNECTIONS_REFUSED = Counter("gb28181_rtsp_connections_refused_total",

@@ -139,7 +139,8 @@ class SipServer:
     def respond(self, response: SipResponse) -> None:
         """Send a response through its server transaction."""
         self.endpoint.send_response(response, self._loop.time())
-        metrics.SIP_RESPONSES.labels("out", str(response.status)).inc()
+        metrics.SIP_RESPONSES.labels("out", metrics.method_label(response.cseq.method),
+                                     str(response.status)).inc()
         self._transmit()
 
     def send(self, request: SipRequest, peer: Peer) -> object:
@@ -259,7 +260,8 @@ class SipServer:
             if isinstance(event, RequestReceived):
                 metrics.SIP_REQUESTS.labels("in", metrics.method_label(event.request.method)).inc()
             elif isinstance(event, ResponseReceived):
-                metrics.SIP_RESPONSES.labels("in", str(event.response.status)).inc()
+                metrics.SIP_RESPONSES.labels("in", metrics.method_label(event.response.cseq.method),
+                                             str(event.response.status)).inc()
                 fut = self._pending.get(event.key) if event.key is not None else None
                 if fut is not None and event.response.status >= 200 and not fut.done():
                     fut.set_result(event.response)

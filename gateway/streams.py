@@ -390,8 +390,10 @@ class StreamSession:
             server = mgr.server
             try:
                 bye = self.dialog.create_request("BYE", mgr.registry.via_toward(self.device))
-                # Bounded well inside daemon.graceful_timeout; the transaction keeps retransmitting anyway.
-                await asyncio.wait_for(server.request(bye, self.device.peer), min(64 * mgr.config.sip.t1, 4.0))
+                # Bounded well inside daemon.graceful_timeout; the transaction keeps retransmitting anyway. A device
+                # that has gone offline or unregistered gets its BYE without our waiting for an answer.
+                wait = min(64 * mgr.config.sip.t1, 4.0) if self.device.rec.online else 0.2
+                await asyncio.wait_for(server.request(bye, self.device.peer), wait)
             except Exception as exc:  # the device may be gone: the session ends anyway
                 log.info("stream BYE not answered", stream=str(self.key), error=str(exc))
         if self.dialog is not None:
