@@ -470,11 +470,22 @@ class _Connection(asyncio.Protocol):
         metrics.RTSP_CONNECTIONS.dec()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
+        stream = self._stream_fields()
         self._leave_stream()
         self.flush_counters()
         if self.transport is not None:
             self.transport.close()
-        log.info("rtsp connection closed", peer=self.peer, reason=reason)
+        log.info("rtsp connection closed", peer=self.peer, reason=reason, **stream)
+
+    def _stream_fields(self) -> dict[str, str]:
+        """``device_id``/``channel_id`` (and the stream's Call-ID) of this connection's stream, for log lines."""
+        session = self.session
+        if session is None:
+            return {}
+        fields = {"device_id": session.key.device_id, "channel_id": session.key.channel_id}
+        if session.invite is not None:
+            fields["call_id"] = session.invite.call_id
+        return fields
 
     def flush_counters(self) -> None:
         for transport, counts in self.sent.items():
@@ -547,7 +558,8 @@ class _Connection(asyncio.Protocol):
                 return
             if resp.status < 300 and req.method == "PLAY":
                 self._start_playing()
-            log.debug("rtsp request", peer=self.peer, method=req.method, uri=req.uri, status=resp.status)
+            log.debug("rtsp request", peer=self.peer, method=req.method, uri=req.uri, status=resp.status,
+                      **self._stream_fields())
 
     def _authorize(self, req: rtsp.RtspRequest) -> None:
         mode = self.server.auth
