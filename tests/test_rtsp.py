@@ -515,3 +515,24 @@ def test_auth_beyond_loopback_needs_a_password() -> None:
     assert RtspConfig().effective_auth == "none"
     with pytest.raises(ConfigError, match="rtsp.udp_port"):
         RtspConfig(udp_port=5001)
+
+
+async def test_describe_offline_device_404_and_silent_camera_503_with_reasons(tmp_path: Path) -> None:
+    from gateway.sim.media import Misbehaviour
+
+    async with live_channel(tmp_path, sim={"devices": 2}) as (gw, sim, device, channel):
+        # A camera that does not answer the INVITE in time (media.invite_timeout = 3 s here): 503.
+        sim.device(channel).media.misbehave = Misbehaviour(answer_delay=10)  # type: ignore[union-attr]
+        client = await RawRtspClient.connect(gw.rtsp.port, f"{device}/{channel}")
+        resp = await client.request("DESCRIBE", timeout=15)
+        assert resp.status == 503 and resp.reason, resp
+        client.close()
+        # An offline device: 404 with the reason in the status line.
+        other = sim.devices[1]
+        other_channel = next(iter(gw.devices.get(other.device_id).channels))  # type: ignore[union-attr]
+        await other.stop(unregister=True)
+        await wait_until(lambda: not gw.devices.get(other.device_id).rec.online, 5)  # type: ignore[union-attr]
+        client = await RawRtspClient.connect(gw.rtsp.port, f"{other.device_id}/{other_channel}")
+        resp = await client.request("DESCRIBE")
+        assert resp.status == 404 and "offline" in resp.reason, resp
+        client.close()
