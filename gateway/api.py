@@ -12,7 +12,9 @@ One aiohttp application on ``http.listen:http.port`` (default 127.0.0.1:8080), a
 * Authentication: with ``http.token`` set (required beyond loopback by the configuration), ``/api/v1/*`` needs
   ``Authorization: Bearer <token>`` (``401`` otherwise, compared in constant time). ``/metrics`` takes its own
   optional ``http.metrics_token``. ``/healthz`` (the loop answers) and ``/readyz`` (every component started and
-  not stopping: ``503`` otherwise) stay open for probes, and so does ``/openapi.json``.
+  not stopping: ``503`` otherwise) stay open for probes, and so does ``/openapi.json``. The web page's shell
+  (``/``, ``/static/*``: no data) is open too; the data it loads needs the token (``gateway.webpage``). WHEP
+  (``/whep/*``, ``gateway.webrtc``) takes the API token; only its CORS preflights (``OPTIONS``) are open.
 * Streams started with ``POST /api/v1/streams`` are held by the API (a consumer like any viewer) until
   ``DELETE /api/v1/streams/<device_id>/<channel_id>``, which stops the stream itself (viewers are told why).
 * Passwords are write-only: a device shows ``own_password: true``, never the value.
@@ -31,7 +33,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import __version__
+from . import __version__, webpage, webrtc
 from .config import HttpConfig
 from .devices import Device, QueryFailed
 from .fanout import Subscription
@@ -131,6 +133,8 @@ class HttpApi:
         r.add_get("/api/v1/streams", self.list_streams)
         r.add_post("/api/v1/streams", self.start_stream)
         r.add_delete("/api/v1/streams/{device_id}/{channel_id}", self.stop_stream)
+        webpage.add_routes(app)
+        webrtc.WhepEndpoint(self.gateway.config.webrtc, self.gateway.streams).add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -179,7 +183,8 @@ class HttpApi:
         path = request.path
         if path == "/metrics":
             token = self.config.metrics_token
-        elif path in ("/healthz", "/readyz", "/openapi.json"):
+        elif path in ("/healthz", "/readyz", "/openapi.json") or webpage.is_public(path) \
+                or webrtc.is_preflight(request):
             token = ""
         else:
             token = self.config.token
@@ -371,6 +376,7 @@ class HttpApi:
             "video_codec": cache.video_codec.name.lower() if cache.video_codec is not None else None,
             "playing_seconds": round(loop.time() - session.first_frame_at, 3)
             if session.first_frame_at is not None else None,
+            "bitrate_kbps": round(session.receiver.bitrate / 1000, 1) if session.receiver is not None else None,
             "call_id": session.invite.call_id if session.invite is not None else None,
             "error": session.error.reason if session.error is not None else None,
         }

@@ -67,6 +67,7 @@ __all__ = [
     "LogConfig",
     "RtspConfig",
     "SipConfig",
+    "WebrtcConfig",
     "describe_source",
     "env_names",
     "env_variable",
@@ -507,6 +508,59 @@ class HttpConfig(_Section):
                 f" {self.listen!r} is not a loopback address and the API can start streams and change devices"]
 
 
+def _is_host_address(value: Any) -> bool:
+    if not _is_ip_address(value):
+        return False
+    ip = ipaddress.ip_address(value)
+    return not (ip.is_unspecified or ip.is_multicast)
+
+
+_ICE_ADDRESSES = _Rule(
+    "a list of unicast IP addresses, e.g. ['192.0.2.10'] ([] lets aioice find this host's addresses)",
+    lambda v: type(v) in (list, tuple) and all(_is_host_address(x) for x in v) and len(set(v)) == len(v),
+    tuple,
+)
+_UDP_PORT = _Rule("0 (any free port) or an integer 1024..65535",
+                  lambda v: type(v) is int and (v == 0 or 1024 <= v <= 65535))
+
+
+@dataclass(frozen=True, slots=True)
+class WebrtcConfig(_Section):
+    """``[webrtc]``: WHEP viewers (``POST /whep/<device_id>/<channel_id>``): ICE host candidates, their UDP ports,
+    and how many sessions and transcodes may run."""
+
+    TABLE: ClassVar[str] = "webrtc"
+
+    ice_addresses: tuple[str, ...] = _field((), _ICE_ADDRESSES)
+    """IP addresses offered to browsers as ICE host candidates; [] offers every interface's address but 127.0.0.1
+    (which only a host without another is left with). An address not on this host (a 1:1 NAT's public IP) is
+    announced as it is and its socket binds every interface."""
+
+    udp_port_min: int = _field(40000, _UDP_PORT)
+    """First UDP port of WebRTC media (one per session and address); 0 with udp_port_max 0: any free port."""
+
+    udp_port_max: int = _field(40999, _UDP_PORT)
+    """Last UDP port of WebRTC media; >= udp_port_min. Open the range (UDP) in the firewall."""
+
+    max_sessions: int = _field(100, _integer(1, 100_000))
+    """WHEP sessions at most (being set up or playing); beyond it POST /whep is answered 503."""
+
+    max_transcodes: int = _field(2, _integer(0, 1000))
+    """Streams transcoded to H.264 at once (H.265, H.264 with B-frames; one per stream, shared by its viewers);
+    beyond it such a POST /whep is answered 503. 0 disables transcoding."""
+
+    def _cross_check(self, bad: set[str]) -> list[str]:
+        if bad & {"udp_port_min", "udp_port_max"}:
+            return []
+        lo, hi = self.udp_port_min, self.udp_port_max
+        if (lo == 0) != (hi == 0):
+            return [f"webrtc.udp_port_max = {hi!r}: expected 0 together with webrtc.udp_port_min = 0 (any free"
+                    f" port), or both set to a range, not one of them (webrtc.udp_port_min = {lo!r})"]
+        if hi < lo:
+            return [f"webrtc.udp_port_max = {hi!r}: expected a port >= webrtc.udp_port_min ({lo!r})"]
+        return []
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig(_Section):
     """``[log]``: what is logged and how it is rendered."""
@@ -551,6 +605,9 @@ class Config:
 
     http: HttpConfig = field(default_factory=HttpConfig)
     """``[http]``: REST API, WHEP, web page, metrics and health probes."""
+
+    webrtc: WebrtcConfig = field(default_factory=WebrtcConfig)
+    """``[webrtc]``: WHEP viewers: ICE addresses and ports, session and transcode limits."""
 
     log: LogConfig = field(default_factory=LogConfig)
     """``[log]``: log level and format."""

@@ -269,6 +269,9 @@ class RtpReceiver:
         self._last_wrong_ssrc: int | None = None
         self._flush_at = 0.0
         self._flushed: dict[str, int] = {}
+        #: Received bit rate (RTP bytes incl. headers) over the last metrics period, bits per second.
+        self.bitrate = 0.0
+        self._bitrate_from: tuple[float, int] | None = None
         if payload_kind is not None and payload_kind is not PayloadKind.UNKNOWN:
             self._set_kind(payload_kind)
 
@@ -676,6 +679,10 @@ class RtpReceiver:
         self._flush_at = now + _METRICS_EVERY
         s = self.stats()
         last = self._flushed
+        since = self._bitrate_from
+        if since is not None and now > since[0]:
+            self.bitrate = (s.bytes - since[1]) * 8 / (now - since[0])
+        self._bitrate_from = (now, s.bytes)
         for name, value, counter in (
             ("packets", s.packets, metrics.RTP_PACKETS),
             ("bytes", s.bytes, metrics.RTP_BYTES),

@@ -106,19 +106,22 @@ class _ScrapeTimeSeries:
     running device registry (``DeviceRegistry.metric_families``); nothing is exported without one."""
 
     NAMES = ("gb28181_device_up", "gb28181_device_keepalive_age_seconds", "gb28181_channels_online",
-             "gb28181_channels_online_ratio", "gb28181_channels_intact_ratio")
+             "gb28181_channels_online_ratio", "gb28181_channels_intact_ratio",
+             "gb28181_ingest_bitrate_bits_per_second")
 
     def __init__(self) -> None:
         self.source: Callable[[], Iterable[Metric]] | None = None
+        #: The running stream manager's series (``StreamManager.metric_families``).
+        self.streams: Callable[[], Iterable[Metric]] | None = None
 
     def describe(self) -> Iterator[Metric]:
         for name in self.NAMES:  # names only: registering must not call the source
             yield GaugeMetricFamily(name, name)
 
     def collect(self) -> Iterator[Metric]:
-        source = self.source
-        if source is not None:
-            yield from source()
+        for source in (self.source, self.streams):
+            if source is not None:
+                yield from source()
 
 
 DEVICE_SERIES = _ScrapeTimeSeries()
@@ -181,6 +184,42 @@ for _proto in VIEWER_PROTOCOLS:
 for _transport in ("tcp", "udp"):
     RTSP_SENT_BYTES.labels(_transport)
     RTSP_SENT_PACKETS.labels(_transport)
+
+# WebRTC (WHEP): viewers are counted in VIEWERS{protocol="webrtc"} while media flows to them.
+WEBRTC_RESULTS = ("ok", "bad_request", "not_found", "no_answer", "no_media", "unsupported", "session_limit",
+                  "transcode_limit", "failed")
+WEBRTC_SESSIONS = Counter(
+    "gb28181_webrtc_sessions_total",
+    "WHEP offers by outcome: ok (answered 201) or why they were refused (bad SDP, unknown or offline channel, "
+    "camera silent, no media, codec, limits)",
+    ["result"],
+)
+WEBRTC_SESSION_ENDS = ("deleted", "peer_gone", "connect_timeout", "stream_ended", "gateway_stopping",
+                       "not_answered")
+WEBRTC_ENDED = Counter("gb28181_webrtc_sessions_ended_total", "WHEP sessions ended, by reason", ["reason"])
+WEBRTC_SESSIONS_OPEN = Gauge("gb28181_webrtc_sessions_open", "WHEP sessions open (being set up or playing)")
+WEBRTC_TRANSCODES = Gauge("gb28181_webrtc_transcodes",
+                          "Streams being transcoded to H.264 for WebRTC viewers (H.265, H.264 with B-frames)")
+WEBRTC_TRANSCODE_DROPS = Counter(
+    "gb28181_webrtc_transcode_dropped_total",
+    "Access units a transcode dropped: its queue was full (it resumes at a keyframe) or they did not decode",
+    ["reason"],
+)
+WEBRTC_KEYFRAME_ANSWERS = ("cache", "encoder", "camera", "rate_limited")
+WEBRTC_KEYFRAME_REQUESTS = Counter(
+    "gb28181_webrtc_keyframe_requests_total",
+    "PLI/FIR from WebRTC viewers, by answer: the cached GOP re-sent, a forced keyframe of the transcode, a "
+    "keyframe asked of the camera, or ignored (rate limited)",
+    ["answer"],
+)
+for _webrtc_result in WEBRTC_RESULTS:
+    WEBRTC_SESSIONS.labels(_webrtc_result)
+for _webrtc_end in WEBRTC_SESSION_ENDS:
+    WEBRTC_ENDED.labels(_webrtc_end)
+for _webrtc_drop in ("queue_full", "undecodable"):
+    WEBRTC_TRANSCODE_DROPS.labels(_webrtc_drop)
+for _keyframe_answer in WEBRTC_KEYFRAME_ANSWERS:
+    WEBRTC_KEYFRAME_REQUESTS.labels(_keyframe_answer)
 
 # ---------------------------------------------------------------------------------------------- media ingest
 class RtpDrop(enum.Enum):

@@ -86,7 +86,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                                                          "stopped", "failed"]},
                     "transport": {"type": "string"}, "consumers": {"type": "integer"},
                     "held_by_api": {"type": "boolean"}, "video_codec": {"type": ["string", "null"]},
-                    "playing_seconds": {"type": ["number", "null"]}, "call_id": {"type": ["string", "null"]},
+                    "playing_seconds": {"type": ["number", "null"]}, "bitrate_kbps": {"type": ["number", "null"]},
+                    "call_id": {"type": ["string", "null"]},
                     "error": {"type": ["string", "null"]}}},
                 "StreamStart": {"type": "object", "required": ["channel_id"], "additionalProperties": False,
                                 "properties": {"device_id": {"type": "string"}, "channel_id": {"type": "string"},
@@ -111,6 +112,13 @@ def openapi_document(version: str) -> dict[str, Any]:
                                                        "content": {"text/plain": {}}}, **_errors(401)}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [],
                                       "responses": {"200": _json({"type": "object"})}}},
+            "/": {"get": {"summary": "The web page (public shell; the data it loads needs the token)",
+                          "security": [], "responses": {"200": {"description": "HTML",
+                                                                "content": {"text/html": {}}}}}},
+            "/static/{name}": {"get": {"summary": "The web page's scripts and styles", "security": [],
+                                       "parameters": [{"name": "name", "in": "path", "required": True,
+                                                       "schema": {"type": "string"}}],
+                                       "responses": {"200": {"description": "The file"}, **_errors(404)}}},
             "/api/v1/devices": {"get": {
                 "summary": "List devices", "parameters": [_ONLINE, *_PAGE],
                 "responses": {"200": _json({"type": "object", "properties": {
@@ -163,5 +171,32 @@ def openapi_document(version: str) -> dict[str, Any]:
                                {"name": "stream", "in": "query", "schema": {"type": "string",
                                                                            "enum": ["main", "sub"]}}],
                 "responses": {"204": {"description": "Stopped"}, **_errors(400, 401, 404)}}},
+            "/whep/{device_id}/{channel_id}": _whep([_DEVICE_ID, _CHANNEL_ID]),
+            "/whep/{channel_id}": _whep([_CHANNEL_ID]),
+            "/whep/session/{session_id}": {
+                "delete": {"summary": "End a WHEP session", "parameters": [_SESSION_ID],
+                           "responses": {"204": {"description": "Ended"}, **_errors(401, 404)}},
+                "options": {"summary": "CORS preflight (no token needed)", "security": [],
+                            "parameters": [_SESSION_ID], "responses": {"204": {"description": "CORS headers"}}},
+            },
         },
+    }
+
+
+_SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _whep(parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    """A WHEP endpoint (draft-ietf-wish-whep): POST an SDP offer, get the answer (``gateway.webrtc``)."""
+    stream = {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["main", "sub"]}}
+    return {
+        "post": {
+            "summary": "Watch a channel over WebRTC: an SDP offer in, the SDP answer out (Location: the session)",
+            "parameters": [*parameters, stream],
+            "requestBody": {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}},
+            "responses": {"201": {"description": "The SDP answer", "content": {"application/sdp": {}},
+                                  "headers": {"Location": {"schema": {"type": "string"}}}},
+                          **_errors(400, 401, 404, 413, 415, 502, 503, 504)}},
+        "options": {"summary": "CORS preflight (no token needed)", "security": [], "parameters": parameters,
+                    "responses": {"204": {"description": "CORS headers"}}},
     }

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from media import sdp
 from media.frames import AccessUnit
@@ -477,11 +479,21 @@ class StreamManager:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        metrics.DEVICE_SERIES.streams = self.metric_families
         if self.config.media.transport == "udp-single":
             self._single = SinglePortUdpIngest(self.config.media.rtp_port_min)
             await self._single.start()
 
+    def metric_families(self) -> Iterator[Metric]:
+        """Scrape-time series: the bit rate received over every live stream (last metrics period)."""
+        total = sum(s.receiver.bitrate for s in self.sessions.values() if s.receiver is not None)
+        yield GaugeMetricFamily("gb28181_ingest_bitrate_bits_per_second",
+                                "RTP bit rate received from cameras over all live streams (about 1 s average)",
+                                value=total)
+
     async def stop(self) -> None:
+        if metrics.DEVICE_SERIES.streams == self.metric_families:
+            metrics.DEVICE_SERIES.streams = None
         await asyncio.gather(*(s.stop("gateway stopping") for s in list(self.sessions.values())),
                              return_exceptions=True)
         if self._single is not None:

@@ -259,6 +259,11 @@ async def test_metrics_follow_devices_and_streams(tmp_path: Path) -> None:
             text = (await http.get("/metrics"))[1]
             assert metric(text, "gb28181_channels_intact_ratio") == 1.0
             assert metric(text, "gb28181_streams_active") == 1
+            await asyncio.sleep(2.2)  # two metrics periods of the receiver
+            text = (await http.get("/metrics"))[1]
+            assert (metric(text, "gb28181_ingest_bitrate_bits_per_second") or 0) > 10_000
+            (stream,) = (await http.get("/api/v1/streams"))[1]["streams"]
+            assert stream["bitrate_kbps"] > 10
             # One of two devices stops: the online rate goes from 1.0 to 0.5.
             await sims[1].stop()
             await wait_until(lambda: sum(d.rec.online for d in gw.devices.devices.values()) == 1, 5)

@@ -301,10 +301,10 @@ def test_log_levels(level: str) -> None:
         ),
         (
             {"sipp": {"port": 1}},
-            "sipp = {'port': 1}: unknown table (did you mean [sip]?), expected one of [sip], [devices], [media], [rtsp], [http], [log], [daemon]",
+            "sipp = {'port': 1}: unknown table (did you mean [sip]?), expected one of [sip], [devices], [media], [rtsp], [http], [webrtc], [log], [daemon]",
         ),
-        ({"webrtc": {}}, "webrtc = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [log], [daemon]"),
-        ({"port": 5060}, "port = 5060: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [log], [daemon]"),
+        ({"cascade": {}}, "cascade = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [webrtc], [log], [daemon]"),
+        ({"port": 5060}, "port = 5060: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [webrtc], [log], [daemon]"),
         ({"daemon": 5}, "daemon = 5: expected a table [daemon]"),
         ({"log": ["info"]}, "log = ['info']: expected a table [log]"),
     ],
@@ -334,7 +334,7 @@ def test_all_errors_are_collected_across_tables_in_order() -> None:
         "sip.t2 = 1.0: expected a number of seconds >= sip.t1 (5.0)",
         "log.level = 'verbose': expected one of 'debug', 'info', 'warning', 'error'",
         "log.format = True: expected one of 'auto', 'json', 'console'",
-        "bogus = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [log], [daemon]",
+        "bogus = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [webrtc], [log], [daemon]",
         "daemon.graceful_timeout = -1: expected a number of seconds > 0 and <= 3600",
     )
 

@@ -222,7 +222,7 @@ def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     bad = tmp_path / "bad.toml"
     bad.write_text("[nope]\n", encoding="utf-8")
     assert main(["--check-config", "--config", str(bad)]) == 2
-    assert "  nope = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [log], [daemon]" in capsys.readouterr().err
+    assert "  nope = {}: unknown table, expected one of [sip], [devices], [media], [rtsp], [http], [webrtc], [log], [daemon]" in capsys.readouterr().err
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"gb28181-gateway {__version__}\n"
 
