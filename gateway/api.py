@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 One aiohttp application on ``http.listen:http.port`` (default 127.0.0.1:8080), a thin adapter over the registry
-(``gateway.devices``) and the stream manager (``gateway.streams``); WHEP and the web page join it later.
+(``gateway.devices``) and the stream manager (``gateway.streams``), with WHEP (``gateway.webrtc``) and the web
+page (``gateway.webpage``) on the same application.
 
 * Errors are JSON everywhere: ``{"error": {"status": 404, "reason": "unknown device 3402..."}}``. Bad input
   (malformed IDs, a body that is not a JSON object, unknown or mistyped fields) is ``400`` naming the field;

@@ -493,7 +493,8 @@ class HttpConfig(_Section):
     """HTTP port; 0 picks a free ephemeral port (tests)."""
 
     token: str = _field("", _TOKEN_RULE, secret=True)
-    """Bearer token for /api/v1/*, /whep/* and the web page; required when ``listen`` is not loopback."""
+    """Bearer token for /api/v1/* and /whep/* (all the web page's data; its static shell is public); required
+    when ``listen`` is not loopback."""
 
     metrics_token: str = _field("", _TOKEN_RULE, secret=True)
     """Bearer token for /metrics; '' leaves /metrics open (Prometheus sends it with ``authorization``)."""
