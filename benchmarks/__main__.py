@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import devices_bench, media_bench, rtsp_bench, sip_bench, streams_bench
+from . import devices_bench, media_bench, rtsp_bench, sip_bench, streams_bench, webrtc_bench
 
 
 def main() -> None:
@@ -16,6 +16,7 @@ def main() -> None:
     devices_bench.main(quick=args.quick)
     streams_bench.main(quick=args.quick)
     rtsp_bench.main(quick=args.quick)
+    webrtc_bench.main(quick=args.quick)
 
 
 if __name__ == "__main__":
