@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import __version__, webpage, webrtc
 from .config import HttpConfig
+from .control import ControlApi
 from .devices import Device, QueryFailed
 from .fanout import Subscription
 from .openapi import openapi_document
@@ -134,6 +135,7 @@ class HttpApi:
         r.add_get("/api/v1/streams", self.list_streams)
         r.add_post("/api/v1/streams", self.start_stream)
         r.add_delete("/api/v1/streams/{device_id}/{channel_id}", self.stop_stream)
+        ControlApi(self.gateway).add_routes(app)  # PTZ, presets, commands, config (gateway.control)
         webpage.add_routes(app)
         webrtc.WhepEndpoint(self.gateway.config.webrtc, self.gateway.streams).add_routes(app)
         return app

@@ -139,7 +139,8 @@ class DeviceRegistry:
         self.media_faults: set[tuple[str, str]] = set()
         router.on_method("REGISTER", self._on_register)
         router.on_manscdp("Notify", "Keepalive", self._on_keepalive)
-        for cmd in ("Catalog", "DeviceInfo", "DeviceStatus"):
+        for cmd in ("Catalog", "DeviceInfo", "DeviceStatus", "PresetQuery", "DeviceControl", "DeviceConfig",
+                    "ConfigDownload"):
             router.on_manscdp("Response", cmd, self._on_response)
         self.router = router
 
@@ -560,6 +561,16 @@ class DeviceRegistry:
         if response.status >= 300:
             raise QueryFailed(f"{cmd_type} query refused: {response.status} {response.reason}",
                               response.status)
+
+    def expect_response(self, device_id: str, sn: int) -> asyncio.Future[manscdp.ManscdpDocument]:
+        """A future for the ``<Response>`` from ``device_id`` with ``sn`` (set it up before sending; drop it with
+        ``forget_response``): how ``gateway.control`` waits for answers to commands."""
+        fut: asyncio.Future[manscdp.ManscdpDocument] = asyncio.get_running_loop().create_future()
+        self._waiters[(device_id, sn)] = fut
+        return fut
+
+    def forget_response(self, device_id: str, sn: int) -> None:
+        self._waiters.pop((device_id, sn), None)
 
     def next_sn(self) -> int:
         """A fresh MANSCDP SN for a query or command we send."""

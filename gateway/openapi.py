@@ -36,6 +36,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         "parameters": [_DEVICE_ID],
         "responses": {"200": _json(_ref("QueryResult")), **_errors(400, 401, 404, 409, 502, 504)},
     }
+    control_errors = _errors(400, 401, 404, 409, 502, 504)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -94,6 +95,43 @@ def openapi_document(version: str) -> dict[str, Any]:
                                                "stream": {"type": "string", "enum": ["main", "sub"]}}},
                 "QueryResult": {"type": "object", "properties": {
                     "device_id": {"type": "string"}, "cmd_type": {"type": "string"}, "fields": {"type": "object"}}},
+                "PtzRequest": {"type": "object", "required": ["action"], "additionalProperties": False,
+                               "description": "Fields by action: move (pan, tilt, zoom, speed, zoom_speed), stop, "
+                                              "focus and iris (direction, speed), preset_set/call/delete (preset)",
+                               "properties": {
+                                   "action": {"type": "string", "enum": ["move", "stop", "focus", "iris",
+                                                                         "preset_set", "preset_call",
+                                                                         "preset_delete"]},
+                                   "pan": {"type": "integer", "enum": [-1, 0, 1], "description": "1 right, -1 left"},
+                                   "tilt": {"type": "integer", "enum": [-1, 0, 1], "description": "1 up, -1 down"},
+                                   "zoom": {"type": "integer", "enum": [-1, 0, 1], "description": "1 in, -1 out"},
+                                   "speed": {"type": "integer", "minimum": 0, "maximum": 255, "default": 128},
+                                   "zoom_speed": {"type": "integer", "minimum": 0, "maximum": 15, "default": 8},
+                                   "direction": {"type": "integer", "enum": [-1, 0, 1],
+                                                 "description": "focus 1 far/-1 near, iris 1 open/-1 close"},
+                                   "preset": {"type": "integer", "minimum": 1, "maximum": 255}}},
+                "ControlResult": {"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "channel_id": {"type": ["string", "null"]},
+                    "status": {"type": "string", "enum": ["accepted", "ok"],
+                               "description": "accepted: the device said 200 OK and sends no Response for this "
+                                              "command; ok: its Response said Result OK"},
+                    "result": {"type": "string"}, "sip_status": {"type": "integer"},
+                    "ptz_cmd": {"type": "string", "description": "the PTZCmd sent (16 hex digits)"}}},
+                "DeviceCommand": {"type": "object", "required": ["command"], "properties": {
+                    "command": {"type": "string", "enum": ["reboot", "record_start", "record_stop", "guard_set",
+                                                           "guard_reset", "alarm_reset", "home_position",
+                                                           "drag_zoom_in", "drag_zoom_out"]},
+                    "channel_id": {"type": "string", "description": "address a channel instead of the device"},
+                    "alarm_method": {"type": ["string", "integer"]}, "alarm_type": {"type": "integer"},
+                    "enabled": {"type": "boolean"}, "reset_time": {"type": "integer"},
+                    "preset_index": {"type": "integer"},
+                    "length": {"type": "integer"}, "width": {"type": "integer"}, "mid_x": {"type": "integer"},
+                    "mid_y": {"type": "integer"}, "length_x": {"type": "integer"},
+                    "length_y": {"type": "integer"}}},
+                "BasicParam": {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
+                    "name": {"type": "string", "maxLength": 64}, "expiration": {"type": "integer", "minimum": 1},
+                    "heartbeat_interval": {"type": "integer", "minimum": 1},
+                    "heartbeat_count": {"type": "integer", "minimum": 1}}},
                 "CatalogResult": {"type": "object", "properties": {
                     "device_id": {"type": "string"}, "items": {"type": "integer"},
                     "sum_num": {"type": ["integer", "null"]}, "complete": {"type": "boolean"},
@@ -171,6 +209,39 @@ def openapi_document(version: str) -> dict[str, Any]:
                                {"name": "stream", "in": "query", "schema": {"type": "string",
                                                                            "enum": ["main", "sub"]}}],
                 "responses": {"204": {"description": "Stopped"}, **_errors(400, 401, 404)}}},
+            "/api/v1/channels/{device_id}/{channel_id}/ptz": {"post": {
+                "summary": "PTZ: move, stop, focus, iris, presets (DeviceControl PTZCmd; accepted on the device's "
+                           "200 OK)", "parameters": [_DEVICE_ID, _CHANNEL_ID],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PtzRequest")}}},
+                "responses": {"200": _json(_ref("ControlResult")), **control_errors}}},
+            "/api/v1/channels/{device_id}/{channel_id}/presets": {"get": {
+                "summary": "The channel's presets (PresetQuery)", "parameters": [_DEVICE_ID, _CHANNEL_ID],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "channel_id": {"type": "string"},
+                    "sum_num": {"type": ["integer", "null"]},
+                    "presets": {"type": "array", "items": {"type": "object", "properties": {
+                        "preset_id": {"type": "integer"}, "name": {"type": "string"}}}}}}), **control_errors}}},
+            "/api/v1/devices/{device_id}/commands": {"post": {
+                "summary": "A device command (DeviceControl: TeleBoot, RecordCmd, GuardCmd, AlarmCmd, HomePosition, "
+                           "DragZoom); waits for the Response where the device sends one",
+                "parameters": [_DEVICE_ID],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("DeviceCommand")}}},
+                "responses": {"200": _json(_ref("ControlResult")), **control_errors}}},
+            "/api/v1/devices/{device_id}/config": {
+                "put": {"summary": "Set the device's BasicParam (DeviceConfig); waits for its Response",
+                        "parameters": [_DEVICE_ID],
+                        "requestBody": {"required": True,
+                                        "content": {"application/json": {"schema": _ref("BasicParam")}}},
+                        "responses": {"200": _json(_ref("ControlResult")), **control_errors}},
+                "get": {"summary": "Read the device's configuration (ConfigDownload; Password left out)",
+                        "parameters": [_DEVICE_ID, {"name": "type", "in": "query", "schema": {
+                            "type": "string", "default": "BasicParam",
+                            "description": "ConfigType(s), joined with / or ,"}}],
+                        "responses": {"200": _json({"type": "object", "properties": {
+                            "device_id": {"type": "string"}, "types": {"type": "array"},
+                            "result": {"type": ["string", "null"]}, "sections": {"type": "object"}}}),
+                            **control_errors}},
+            },
             "/whep/{device_id}/{channel_id}": _whep([_DEVICE_ID, _CHANNEL_ID]),
             "/whep/{channel_id}": _whep([_CHANNEL_ID]),
             "/whep/session/{session_id}": {

@@ -31,7 +31,10 @@ of ``CATALOG_WINDOW`` outstanding transactions). Test hooks make a device misbeh
 Media (``gateway.sim.media``): each device's ``media`` (``DeviceMedia``) answers INVITE, ACK and BYE for its
 channels and streams PS over RTP; the simulator routes ``RequestCancelled`` (CANCEL) to it.
 
-Extending (alarms, PTZ): add a method to ``SimDevice.request_handlers`` (``"INVITE"``, ``"BYE"``...; the
+Control (``gateway.sim.control``): each device's ``control`` (``DeviceControlSim``) answers DeviceControl (PTZ on a
+virtual head per channel, presets, TeleBoot, Record/Guard/Alarm), DeviceConfig, PresetQuery and ConfigDownload.
+
+Extending (alarms): add a method to ``SimDevice.request_handlers`` (``"INVITE"``, ``"BYE"``...; the
 simulator routes every method of ``Simulator.ROUTED_METHODS``) or a ``(root, CmdType)`` to
 ``SimDevice.manscdp_handlers`` (``("control", "devicecontrol")``); send device-originated bodies with
 ``send_manscdp`` (``("Notify", "Alarm", fields)``) and run background work with ``spawn``.
@@ -65,6 +68,7 @@ from ..sip_router import SipRouter
 from ..sip_transport import SipServer, SipTimeout
 from .catalog import Item, catalog_ids, catalog_items, device_name, split_parts
 from .config import SimConfig, channel_id
+from .control import DeviceControlSim
 from .media import DeviceMedia
 
 __all__ = ["RegState", "SimConfig", "SimDevice", "Simulator"]
@@ -185,6 +189,10 @@ class SimDevice:
         }
         # Media (gateway/sim/media.py): registers the INVITE, ACK and BYE handlers; sessions and counters.
         self.media = DeviceMedia(self)
+        # Control (gateway/sim/control.py): PTZ, presets, TeleBoot, Record/Guard/Alarm, DeviceConfig handlers.
+        self.keepalive_interval = config.keepalive_interval
+        """Seconds between keepalives (DeviceConfig ``HeartBeatInterval`` changes it)."""
+        self.control = DeviceControlSim(self)
 
         self._call_id = ""
         self._from_tag = ""
@@ -473,11 +481,11 @@ class SimDevice:
     # ------------------------------------------------------------------------------------------ keepalive
     async def _keepalive_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.config.keepalive_interval
-        next_at = loop.time() + interval
+        next_at = loop.time() + self.keepalive_interval
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             now = loop.time()
+            interval = self.keepalive_interval
             next_at = max(next_at + interval, now + interval / 2)
             if self.registered and self.keepalive_enabled:
                 self.spawn(self._send_keepalive())
