@@ -19,12 +19,15 @@ page (``gateway.webpage``) on the same application.
 * Streams started with ``POST /api/v1/streams`` are held by the API (a consumer like any viewer) until
   ``DELETE /api/v1/streams/<device_id>/<channel_id>``, which stops the stream itself (viewers are told why).
 * Passwords are write-only: a device shows ``own_password: true``, never the value.
+* Alarms (``gateway.alarms``): ``GET /api/v1/alarms`` reads the store (newest first, filtered);
+  ``GET /api/v1/alarms/stream`` is a Server-Sent Events stream fed by a bounded per-client queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -35,12 +38,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import __version__, webpage, webrtc
+from .alarms import alarm_json
 from .config import HttpConfig
 from .control import ControlApi
 from .devices import Device, QueryFailed
 from .fanout import Subscription
 from .openapi import openapi_document
-from .store import ChannelRecord
+from .store import ChannelRecord, StoreError
 from .streams import StreamError, StreamKey, StreamSession
 
 if TYPE_CHECKING:
@@ -107,6 +111,9 @@ def _fields(body: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> d
 class HttpApi:
     """The gateway component: ``start()`` listens; ``stop()`` closes the listener and releases held streams."""
 
+    SSE_KEEPALIVE = 15.0
+    """Seconds between keepalive comments on an idle alarm stream."""
+
     def __init__(self, config: HttpConfig, gateway: Gateway) -> None:
         self.config = config
         self.gateway = gateway
@@ -135,6 +142,8 @@ class HttpApi:
         r.add_get("/api/v1/streams", self.list_streams)
         r.add_post("/api/v1/streams", self.start_stream)
         r.add_delete("/api/v1/streams/{device_id}/{channel_id}", self.stop_stream)
+        r.add_get("/api/v1/alarms", self.list_alarms)
+        r.add_get("/api/v1/alarms/stream", self.alarm_stream)
         ControlApi(self.gateway).add_routes(app)  # PTZ, presets, commands, config (gateway.control)
         webpage.add_routes(app)
         webrtc.WhepEndpoint(self.gateway.config.webrtc, self.gateway.streams).add_routes(app)
@@ -153,6 +162,7 @@ class HttpApi:
                  metrics_auth="bearer" if self.config.metrics_token else "none")
 
     async def stop(self) -> None:
+        self.gateway.alarms.close_subscribers()  # SSE streams end: the runner does not wait for them
         held, self.held = self.held, {}
         for session, sub in held.values():
             session.leave(sub)
@@ -271,6 +281,74 @@ class HttpApi:
         if value.lower() in ("false", "0", "no"):
             return False
         raise ApiError(400, f"{name} must be true or false, not {value[:20]!r}")
+
+    # ------------------------------------------------------------------------------------------ alarms
+    @staticmethod
+    def _time_query(request: web.Request, name: str) -> float | None:
+        """``since``/``until``: epoch seconds or ISO 8601 (naive means UTC)."""
+        value = request.query.get(name)
+        if value is None or value == "":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise ApiError(400, f"{name} must be epoch seconds or ISO 8601, not {value[:40]!r}") from None
+        return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
+
+    async def list_alarms(self, request: web.Request) -> web.Response:
+        q = request.query
+        device_id = q.get("device_id") or None
+        if device_id is not None:
+            _check_id(device_id, "device_id")
+        priority: int | None = None
+        if q.get("priority"):
+            if q["priority"] not in ("1", "2", "3", "4"):
+                raise ApiError(400, f"priority must be 1..4, not {q['priority'][:20]!r}")
+            priority = int(q["priority"])
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            raise ApiError(400, "limit must be an integer") from None
+        if not 1 <= limit <= 10000:
+            raise ApiError(400, "expected 1 <= limit <= 10000")
+        since, until = self._time_query(request, "since"), self._time_query(request, "until")
+        try:
+            records = await self.gateway.store.alarms(device_id=device_id, since=since, until=until,
+                                                      priority=priority, limit=limit)
+        except StoreError as exc:
+            log.error("alarm query failed", error=str(exc))
+            raise ApiError(503, "alarm store unavailable") from None
+        return web.json_response({"total": len(records), "alarms": [alarm_json(r) for r in records]})
+
+    async def alarm_stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: ``event: alarm`` with the alarm as JSON data; a comment every
+        ``SSE_KEEPALIVE`` seconds. Ends when the client leaves, falls too far behind, or the gateway stops."""
+        alarms = self.gateway.alarms
+        sub = alarms.subscribe()
+        try:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+            await resp.prepare(request)
+            await resp.write(b": alarms\n\n")
+            while True:
+                try:
+                    rec = await asyncio.wait_for(sub.queue.get(), self.SSE_KEEPALIVE)
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if rec is None:
+                    break
+                data = json.dumps(alarm_json(rec), ensure_ascii=False)
+                await resp.write(f"id: {rec.id}\nevent: alarm\ndata: {data}\n\n".encode())
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            alarms.unsubscribe(sub)
+        return resp
 
     async def list_devices(self, request: web.Request) -> web.Response:
         online = self._bool_query(request, "online")

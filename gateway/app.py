@@ -17,6 +17,7 @@ from typing import Protocol
 import structlog
 
 from . import __version__
+from .alarms import AlarmService
 from .api import HttpApi
 from .config import Config, resolve_state_dir
 from .devices import DeviceRegistry
@@ -137,8 +138,9 @@ class Gateway:
         self._started: list[tuple[str, Component]] = []
         self._ready = False
         self.router = SipRouter(max_body_size=config.sip.max_message_size)
-        self.store = Store(resolve_state_dir(config) / STORE_FILE)
+        self.store = Store(resolve_state_dir(config) / STORE_FILE, alarm_retention=config.devices.alarm_retention)
         self.devices = DeviceRegistry(config, self.router, self.store)
+        self.alarms = AlarmService(config, self.router, self.devices, self.store)
         self.streams = StreamManager(config, self.devices, self.router)
         self.rtsp = RtspServer(config.rtsp, self.streams)
         self.http = HttpApi(config.http, self)
@@ -168,11 +170,13 @@ class Gateway:
         """
         self.sip = SipServer(self.config.sip, self.router)
         self.devices.attach(self.sip)
+        self.alarms.attach(self.sip)
         self.streams.attach(self.sip)
         # The registry restores its state before the SIP port opens, so no device meets an empty registry.
         components: list[tuple[str, Component]] = [
             ("store", _StoreComponent(self.store)),
             ("devices", self.devices),
+            ("alarms", self.alarms),
             ("sip", self.sip),
             # Streams stop before SIP does, so that their BYEs still go out.
             ("streams", self.streams),
@@ -185,7 +189,7 @@ class Gateway:
             # The demo cameras start after SIP and stop after the streams (which BYE them while they still
             # answer); their URLs are logged once RTSP listens.
             demo = _DemoDevices(self)
-            components.insert(3, ("demo", demo))
+            components.insert(4, ("demo", demo))
             components.append(("demo-urls", _Call(demo.announce)))
         return components
 

@@ -333,6 +333,13 @@ class DevicesConfig(_Section):
     catalog_timeout: float = _field(30.0, _seconds(3600))
     """Seconds to wait for all parts of a Catalog answer; after it the catalog is kept as partial."""
 
+    alarm_retention: int = _field(100_000, _integer(1, 100_000_000))
+    """Alarms kept in the store (rows); beyond it the oldest are deleted."""
+
+    alarm_rate: float = _field(1.0, _Rule("a number > 0 and <= 10000", lambda v: type(v) in (int, float) and 0 < v <= 1e4, float))
+    """Alarms accepted per device per second (a token bucket of max(1, rate)): the first of a burst always
+    passes, the rest beyond the rate are dropped and counted."""
+
     def password_for(self, device_id: str, default: str) -> str:
         """The digest password of ``device_id``: its own if configured, else ``default``."""
         for key, password in self.passwords:

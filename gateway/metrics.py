@@ -80,6 +80,16 @@ KEEPALIVES = Counter("gb28181_keepalives_total", "Keepalive MESSAGEs by outcome"
 DEVICE_OFFLINE = Counter(
     "gb28181_device_offline_total", "Devices that went offline, by reason", ["reason"],
 )
+ALARMS = Counter(
+    "gb28181_alarms_total", "Alarms accepted (stored and published), by AlarmPriority and AlarmMethod",
+    ["priority", "method"],
+)
+ALARMS_SUPPRESSED = Counter(
+    "gb28181_alarms_suppressed_total", "Alarms dropped by the per-device rate limit (devices.alarm_rate)",
+)
+for _priority in "1234":
+    for _alarm_method in "1234567":
+        ALARMS.labels(_priority, _alarm_method)
 DEVICES_REGISTERED = Gauge("gb28181_devices_registered", "Devices with a live registration")
 DEVICES_ONLINE = Gauge("gb28181_devices_online", "Devices online (registered, keepalives arriving)")
 DEVICES_ONLINE_RATIO = Gauge(

@@ -132,6 +132,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "name": {"type": "string", "maxLength": 64}, "expiration": {"type": "integer", "minimum": 1},
                     "heartbeat_interval": {"type": "integer", "minimum": 1},
                     "heartbeat_count": {"type": "integer", "minimum": 1}}},
+                "Alarm": {"type": "object", "properties": {
+                    "id": {"type": "integer", "description": "increasing: newest is highest"},
+                    "device_id": {"type": "string", "description": "the registered device that sent it"},
+                    "channel_id": {"type": "string", "description": "the alarm source (the body's DeviceID)"},
+                    "priority": {"type": "integer", "minimum": 1, "maximum": 4},
+                    "method": {"type": "integer", "minimum": 1, "maximum": 7,
+                               "description": "1 phone, 2 device, 3 SMS, 4 GPS, 5 video, 6 fault, 7 other"},
+                    "alarm_time": {"type": "string", "description": "AlarmTime as the device wrote it"},
+                    "alarm_type": {"type": ["integer", "null"]}, "description": {"type": "string"},
+                    "longitude": {"type": ["number", "null"]}, "latitude": {"type": ["number", "null"]},
+                    "received_at": {"type": "number", "description": "epoch seconds"},
+                    "sip_method": {"type": "string", "enum": ["MESSAGE", "NOTIFY"]}}},
                 "CatalogResult": {"type": "object", "properties": {
                     "device_id": {"type": "string"}, "items": {"type": "integer"},
                     "sum_num": {"type": ["integer", "null"]}, "complete": {"type": "boolean"},
@@ -209,6 +221,25 @@ def openapi_document(version: str) -> dict[str, Any]:
                                {"name": "stream", "in": "query", "schema": {"type": "string",
                                                                            "enum": ["main", "sub"]}}],
                 "responses": {"204": {"description": "Stopped"}, **_errors(400, 401, 404)}}},
+            "/api/v1/alarms": {"get": {
+                "summary": "Stored alarms, newest first (devices.alarm_retention rows are kept)",
+                "parameters": [
+                    {"name": "device_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{20}$"}},
+                    {"name": "since", "in": "query", "description": "received at or after: epoch seconds or "
+                     "ISO 8601 (naive is UTC)", "schema": {"type": "string"}},
+                    {"name": "until", "in": "query", "description": "received at or before (as since)",
+                     "schema": {"type": "string"}},
+                    {"name": "priority", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 4}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000,
+                                                                "default": 100}}],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "total": {"type": "integer"}, "alarms": {"type": "array", "items": _ref("Alarm")}}}),
+                    **_errors(400, 401, 503)}}},
+            "/api/v1/alarms/stream": {"get": {
+                "summary": "Live alarms as Server-Sent Events ('event: alarm', data: an Alarm as JSON; a comment "
+                           "every 15 s; a client that falls 256 alarms behind is dropped)",
+                "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
+                              **_errors(401)}}},
             "/api/v1/channels/{device_id}/{channel_id}/ptz": {"post": {
                 "summary": "PTZ: move, stop, focus, iris, presets (DeviceControl PTZCmd; accepted on the device's "
                            "200 OK)", "parameters": [_DEVICE_ID, _CHANNEL_ID],

@@ -62,6 +62,7 @@ __all__ = [
     "MAX_RETRY_DELAY",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "AlarmRecord",
     "ChannelRecord",
     "DeviceRecord",
     "Migration",
@@ -131,6 +132,33 @@ class ChannelRecord:
     updated_at: float = 0.0
 
 
+@dataclass(slots=True)
+class AlarmRecord:
+    """One alarm a device reported (``<Notify><CmdType>Alarm``, ``gateway.alarms``)."""
+
+    id: int
+    """Assigned by the gateway, increasing: newest is highest."""
+    device_id: str
+    """The registered device that sent it (``From``)."""
+    channel_id: str
+    """The body's ``DeviceID``: the alarm source (often a channel or alarm input)."""
+    priority: int
+    """``AlarmPriority`` 1 (highest) .. 4."""
+    method: int
+    """``AlarmMethod`` 1 phone, 2 device, 3 SMS, 4 GPS, 5 video, 6 fault, 7 other."""
+    alarm_time: str = ""
+    """``AlarmTime`` as the device wrote it (its local time)."""
+    alarm_type: int | None = None
+    """``Info/AlarmType``, if given."""
+    description: str = ""
+    longitude: float | None = None
+    latitude: float | None = None
+    received_at: float = 0.0
+    """Wall clock (epoch seconds) when the gateway received it."""
+    sip_method: str = "MESSAGE"
+    """``MESSAGE`` or ``NOTIFY``."""
+
+
 class StoreError(Exception):
     """The store cannot be used (open, load, migrate) or a write failed; the message names the file."""
 
@@ -186,7 +214,26 @@ ALTER TABLE devices ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE devices ADD COLUMN password TEXT NOT NULL DEFAULT '';
 """
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+_V3 = """
+CREATE TABLE alarms (
+    id          INTEGER PRIMARY KEY,
+    device_id   TEXT NOT NULL,
+    channel_id  TEXT NOT NULL DEFAULT '',
+    priority    INTEGER NOT NULL,
+    method      INTEGER NOT NULL,
+    alarm_time  TEXT NOT NULL DEFAULT '',
+    alarm_type  INTEGER,
+    description TEXT NOT NULL DEFAULT '',
+    longitude   REAL,
+    latitude    REAL,
+    received_at REAL NOT NULL DEFAULT 0,
+    sip_method  TEXT NOT NULL DEFAULT 'MESSAGE'
+);
+CREATE INDEX alarms_by_device ON alarms (device_id, id);
+CREATE INDEX alarms_by_received_at ON alarms (received_at);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 """Migration n (1-based) takes the schema from version n-1 to n. Append only; never edit a shipped one."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -223,6 +270,12 @@ _UPSERT_DEVICE = _upsert_sql("devices", _DEVICE_COLUMNS, ("device_id",))
 _UPSERT_CHANNEL = _upsert_sql("channels", _CHANNEL_COLUMNS, ("device_id", "channel_id"))
 _SELECT_DEVICES = f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM devices ORDER BY rowid"
 _SELECT_CHANNELS = f"SELECT {', '.join(_CHANNEL_COLUMNS)} FROM channels ORDER BY rowid"
+_ALARM_COLUMNS = ("id", "device_id", "channel_id", "priority", "method", "alarm_time", "alarm_type", "description",
+                  "longitude", "latitude", "received_at", "sip_method")
+_INSERT_ALARM = (f"INSERT OR REPLACE INTO alarms ({', '.join(_ALARM_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(_ALARM_COLUMNS))})")
+# Retention: everything older than the newest ``retention`` rows (an index range, not a scan).
+_TRIM_ALARMS = "DELETE FROM alarms WHERE id < (SELECT id FROM alarms ORDER BY id DESC LIMIT 1 OFFSET ?)"
 
 _ITEM_ERRORS = (
     sqlite3.IntegrityError,  # a constraint: a channel of a device the table does not have
@@ -260,6 +313,11 @@ def _device_row(r: DeviceRecord) -> tuple[object, ...]:
         r.online, r.name, r.manufacturer, r.model, r.firmware, r.charset, r.catalog_sum, r.catalog_complete,
         r.catalog_synced_at, _dumps(r.status), _dumps(r.info), r.provisioned, r.enabled, r.password,
     )  # fmt: skip
+
+
+def _alarm_row(r: AlarmRecord) -> tuple[object, ...]:
+    return (r.id, r.device_id, r.channel_id, r.priority, r.method, r.alarm_time, r.alarm_type, r.description,
+            r.longitude, r.latitude, r.received_at, r.sip_method)
 
 
 def _channel_row(r: ChannelRecord) -> tuple[object, ...]:
@@ -314,7 +372,7 @@ class _Stage(NamedTuple):
     key: Callable[[Any], str]
 
 
-def _stages(batch: dict[str, _DeviceOps]) -> list[_Stage]:
+def _stages(batch: dict[str, _DeviceOps], alarms: Sequence[AlarmRecord] = ()) -> list[_Stage]:
     ops = batch.items()
     # Order matters across devices only through the foreign key: devices are upserted before their channels.
     return [
@@ -330,6 +388,7 @@ def _stages(batch: dict[str, _DeviceOps]) -> list[_Stage]:
         _Stage("delete channel", "DELETE FROM channels WHERE device_id = ? AND channel_id = ?",
                [(d, c) for d, o in ops for c, r in o.channels.items() if r is None], tuple,
                lambda k: f"{k[0]}/{k[1]}"),
+        _Stage("put alarm", _INSERT_ALARM, list(alarms), _alarm_row, lambda r: str(r.id)),
     ]  # fmt: skip
 
 
@@ -481,17 +540,21 @@ class _Db:
             raise StoreError(f"{self.path}: cannot load the device store: {exc}") from exc
         return devices, channels
 
-    def write(self, batch: dict[str, _DeviceOps]) -> _Outcome:
-        """Write a batch in one transaction; on an item error, again item by item (the bad ones dropped).
+    def write(self, batch: dict[str, _DeviceOps], alarms: Sequence[AlarmRecord] = (),
+              alarm_retention: int = 0) -> _Outcome:
+        """Write a batch (and new alarms, then trim them to ``alarm_retention`` rows) in one transaction; on an
+        item error, again item by item (the bad ones dropped).
 
         Raises (after rolling back) on anything else: the caller keeps the batch and retries it.
         """
         conn = self._connection()
-        stages = _stages(batch)
+        stages = _stages(batch, alarms)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for stage in stages:
                 conn.executemany(stage.sql, map(stage.row, stage.items))
+            if alarms and alarm_retention > 0:
+                conn.execute(_TRIM_ALARMS, (alarm_retention - 1,))
             conn.execute("COMMIT")
             return _Outcome(sum(len(s.items) for s in stages))
         except _ITEM_ERRORS:
@@ -525,6 +588,29 @@ class _Db:
             raise
         return outcome
 
+    def last_alarm_id(self) -> int:
+        row = self._connection().execute("SELECT max(id) FROM alarms").fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def query_alarms(self, device_id: str | None, since: float | None, until: float | None,
+                     priority: int | None, limit: int) -> list[AlarmRecord]:
+        where: list[str] = []
+        args: list[object] = []
+        for cond, value in (("device_id = ?", device_id), ("received_at >= ?", since),
+                            ("received_at <= ?", until), ("priority = ?", priority)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        sql = f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        try:
+            rows = self._connection().execute(sql, (*args, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read alarms: {exc}") from exc
+        return [AlarmRecord(*row) for row in rows]
+
     def close(self) -> None:
         conn, self.conn = self.conn, None
         if conn is None:
@@ -547,11 +633,13 @@ class Store:
     """
 
     def __init__(
-        self, path: Path, *, flush_interval: float = 0.2, migrations: Sequence[Migration] = MIGRATIONS
+        self, path: Path, *, flush_interval: float = 0.2, migrations: Sequence[Migration] = MIGRATIONS,
+        alarm_retention: int = 100_000,
     ) -> None:
         """:param path: the SQLite file (its directory must exist).
         :param flush_interval: seconds between the first pending change and its write (the coalescing window).
         :param migrations: the schema history; tests pass a longer one.
+        :param alarm_retention: alarm rows kept; older ones are deleted as new ones are written.
         """
         if not flush_interval >= 0:
             raise ValueError(f"flush_interval must be >= 0, not {flush_interval!r}")
@@ -562,6 +650,9 @@ class Store:
         self._flush_interval = flush_interval
         self._migrations = tuple(migrations)
         self._pending: dict[str, _DeviceOps] = {}
+        self._alarms: list[AlarmRecord] = []  # new alarms not yet written (at most alarm_retention)
+        self._inflight_alarms: list[AlarmRecord] = []
+        self.alarm_retention = alarm_retention
         self._dirty = asyncio.Event()  # set by every change; the background writer waits on it
         self._inflight: asyncio.Future[_Outcome] | None = None
         self._inflight_count = 0
@@ -645,7 +736,36 @@ class Store:
                  seconds=round(time.perf_counter() - started, 3))
         return devices, channels
 
+    async def last_alarm_id(self) -> int:
+        """The highest alarm id in the file (0 when none): new ids continue from it."""
+        db, executor = self._db, self._executor
+        if db is None or executor is None:
+            raise StoreError(f"{self.path}: the device store is not open")
+        return await asyncio.get_running_loop().run_in_executor(executor, db.last_alarm_id)
+
+    async def alarms(self, *, device_id: str | None = None, since: float | None = None, until: float | None = None,
+                     priority: int | None = None, limit: int = 100) -> list[AlarmRecord]:
+        """Stored alarms, newest first, filtered (``since``/``until``: ``received_at``, inclusive). Alarms not yet
+        written are included (the pending ones are written first)."""
+        await self.flush()
+        db, executor = self._db, self._executor
+        if db is None or executor is None:
+            raise StoreError(f"{self.path}: the device store is not open")
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, db.query_alarms, device_id, since, until, priority, limit)
+
     # -- changes (on the loop; never block) ------------------------------------------------------------------
+
+    def put_alarm(self, rec: AlarmRecord) -> None:
+        """Append an alarm (written with the next batch). Pending alarms beyond ``alarm_retention`` (the disk has
+        been failing for long) drop the oldest: the table would not keep them anyway."""
+        if self._closing is not None:
+            raise StoreError(f"{self.path}: the device store is closed")
+        self._alarms.append(rec)
+        if len(self._alarms) > self.alarm_retention:
+            del self._alarms[: len(self._alarms) - self.alarm_retention]
+            self.dropped += 1
+        self._dirty.set()
 
     def put_device(self, rec: DeviceRecord) -> None:
         """Upsert a device row (its channels are untouched). Only the latest state per device is written."""
@@ -684,7 +804,7 @@ class Store:
     @property
     def pending(self) -> int:
         """Operations not yet committed: pending changes plus the batch being written."""
-        return sum(o.count() for o in self._pending.values()) + self._inflight_count
+        return sum(o.count() for o in self._pending.values()) + len(self._alarms) + self._inflight_count
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -703,11 +823,13 @@ class Store:
         db, executor = self._db, self._executor
         if db is None or executor is None:
             raise StoreError(f"{self.path}: the device store is not open")
-        if not self._pending:
+        if not self._pending and not self._alarms:
             return
         batch, self._pending = self._pending, {}
-        self._inflight_count = sum(o.count() for o in batch.values())
-        fut = asyncio.get_running_loop().run_in_executor(executor, db.write, batch)
+        alarms, self._alarms = self._alarms, []
+        self._inflight_alarms = alarms
+        self._inflight_count = sum(o.count() for o in batch.values()) + len(alarms)
+        fut = asyncio.get_running_loop().run_in_executor(executor, db.write, batch, alarms, self.alarm_retention)
         self._inflight = fut
         # The outcome is settled by a callback, so a cancelled caller loses nothing.
         fut.add_done_callback(functools.partial(self._settle, batch))
@@ -718,6 +840,7 @@ class Store:
 
     def _settle(self, batch: dict[str, _DeviceOps], fut: asyncio.Future[_Outcome]) -> None:
         count, self._inflight, self._inflight_count = self._inflight_count, None, 0
+        alarms, self._inflight_alarms = self._inflight_alarms, []
         exc = fut.exception()
         if exc is None:
             outcome = fut.result()
@@ -729,6 +852,7 @@ class Store:
                           dropped=len(outcome.dropped), written=outcome.written, first=outcome.dropped[:5])
             return
         self.errors += 1
+        self._alarms[:0] = alarms
         for device_id, ops in batch.items():
             newer = self._pending.get(device_id)
             self._pending[device_id] = ops if newer is None else ops.then(newer)

@@ -179,6 +179,8 @@ class SimDevice:
         self.queries: Counter[str] = Counter()
         """Queries answered (Response sent), by CmdType."""
         self.catalog_parts_sent = 0
+        self.alarm_responses: list[manscdp.ManscdpDocument] = []
+        """The platform's ``<Response><CmdType>Alarm`` MESSAGEs received (bounded to the last 1000)."""
 
         # Extension points: method → handler, (root, CmdType) lower-cased → handler.
         self.request_handlers: dict[str, RequestHandler] = {"MESSAGE": self._on_message}
@@ -186,6 +188,7 @@ class SimDevice:
             ("query", "deviceinfo"): self._on_device_info,
             ("query", "devicestatus"): self._on_device_status,
             ("query", "catalog"): self._on_catalog,
+            ("response", "alarm"): self._on_alarm_response,
         }
         # Media (gateway/sim/media.py): registers the INVITE, ACK and BYE handlers; sessions and counters.
         self.media = DeviceMedia(self)
@@ -324,6 +327,40 @@ class SimDevice:
         body = manscdp.encode(root, cmd_type, self.next_sn() if sn is None else sn, device_id or self.device_id,
                               fields, encoding=self.config.charset)
         return await self.send_to_platform(self.platform_request("MESSAGE", body, MANSCDP))
+
+    async def raise_alarm(self, priority: int, method: int, description: str = "", *,
+                          alarm_type: int | None = None, source_id: str | None = None, form: str = "MESSAGE",
+                          alarm_time: str | None = None, longitude: float | None = None,
+                          latitude: float | None = None) -> SipResponse | None:
+        """Report an alarm (``<Notify><CmdType>Alarm``, GB/T 28181-2016 §9.4) from ``source_id`` (default the
+        first channel, else the device) in a ``MESSAGE`` or, with ``form="NOTIFY"``, a ``NOTIFY``
+        (``Event: Alarm``). Values are sent as given (tests send bad ones). Returns the final response, None on
+        timeout; the platform's separate Response lands in ``alarm_responses``."""
+        if alarm_time is None:
+            alarm_time = datetime.fromtimestamp(self.sim.wall()).strftime("%Y-%m-%dT%H:%M:%S")
+        fields: list[manscdp.Field] = [
+            manscdp.element("AlarmPriority", priority), manscdp.element("AlarmMethod", method),
+            manscdp.element("AlarmTime", alarm_time), manscdp.element("AlarmDescription", description),
+        ]
+        if longitude is not None:
+            fields.append(manscdp.element("Longitude", longitude))
+        if latitude is not None:
+            fields.append(manscdp.element("Latitude", latitude))
+        if alarm_type is not None:
+            fields.append(manscdp.element("Info", [manscdp.element("AlarmType", alarm_type)]))
+        source = source_id or (self.channel_ids[0] if self.channel_ids else self.device_id)
+        body = manscdp.encode("Notify", "Alarm", self.next_sn(), source, fields, encoding=self.config.charset)
+        if form.upper() == "NOTIFY":
+            request = self.platform_request("NOTIFY", body, MANSCDP,
+                                            headers=[("Event", "Alarm"), ("Subscription-State", "active")])
+        else:
+            request = self.platform_request("MESSAGE", body, MANSCDP)
+        return await self.send_to_platform(request)
+
+    def _on_alarm_response(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
+        self._ok(server, ev)
+        self.alarm_responses.append(doc)
+        del self.alarm_responses[:-1000]
 
     async def send_to_platform(self, request: SipRequest) -> SipResponse | None:
         """Send ``request``; a 404/403 answer while registered triggers a re-registration. None on timeout."""
