@@ -43,7 +43,7 @@ from sip.message import build_response
 
 from . import metrics
 from .config import Config
-from .devices import MANSCDP, DeviceRegistry, QueryFailed, _Bucket
+from .devices import MANSCDP, DeviceRegistry, QueryFailed, TokenBucket
 from .sip_router import MANSCDP_TYPE, SipRouter
 from .sip_transport import SipServer, SipTimeout
 from .store import AlarmRecord, Store
@@ -143,7 +143,7 @@ class AlarmService:
         self.store = store
         self._wall = wall
         self._next_id = 1
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._suppressed: dict[str, int] = {}  # per device since the last log line
         self._subscribers: set[AlarmSubscription] = set()
         self._server: SipServer | None = None
@@ -192,7 +192,7 @@ class AlarmService:
         self._accept(server, ev, doc, "NOTIFY")
 
     def _accept(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument, sip_method: str) -> None:
-        dev = self.devices._registered_sender(ev, doc)  # 404 for unregistered senders
+        dev = self.devices.registered_sender(ev, doc)  # 404 for unregistered senders
         rec = parse_alarm(doc, alarm_id=self._next_id, device_id=dev.device_id, received_at=self._wall(),
                           sip_method=sip_method)
         server.respond(build_response(ev.request, 200, to_tag=server.endpoint.new_tag()))
@@ -200,7 +200,7 @@ class AlarmService:
         bucket = self._buckets.get(dev.device_id)
         if bucket is None:
             rate = self.config.devices.alarm_rate
-            bucket = self._buckets[dev.device_id] = _Bucket(rate, max(1.0, rate), now)
+            bucket = self._buckets[dev.device_id] = TokenBucket(rate, max(1.0, rate), now)
         if not bucket.take(now):
             metrics.ALARMS_SUPPRESSED.inc()
             self._suppressed[dev.device_id] = self._suppressed.get(dev.device_id, 0) + 1

@@ -88,7 +88,7 @@ class Device:
         return self.rec.expires_at > 0
 
 
-class _Bucket:
+class TokenBucket:
     """A token bucket (rate per second, burst of ``burst``)."""
 
     __slots__ = ("rate", "burst", "tokens", "last")
@@ -127,7 +127,7 @@ class DeviceRegistry:
         self._server: SipServer | None = None
         self._nonces = NonceManager(secrets.token_bytes(32), config.devices.nonce_lifetime)
         self._failures: dict[str, list[float]] = {}
-        self._register_bucket: _Bucket | None = None
+        self._register_bucket: TokenBucket | None = None
         self._sn = itertools.count(random.randrange(1, 1 << 20))
         self._waiters: dict[tuple[str, int], asyncio.Future[manscdp.ManscdpDocument]] = {}
         self._collectors: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Event]] = {}
@@ -169,7 +169,7 @@ class DeviceRegistry:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._register_bucket = _Bucket(self.dc.register_rate, max(1.0, self.dc.register_rate), loop.time())
+        self._register_bucket = TokenBucket(self.dc.register_rate, max(1.0, self.dc.register_rate), loop.time())
         if self.store is not None:
             devices, channels = await self.store.load()
             self._restore(devices, channels, loop.time())
@@ -354,7 +354,8 @@ class DeviceRegistry:
         dev.rec.host, dev.rec.port = dev.peer.addr
 
     # ------------------------------------------------------------------------------------------ MESSAGE
-    def _registered_sender(self, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> Device:
+    def registered_sender(self, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> Device:
+        """The registered device that sent ``ev`` (From user, else the body's DeviceID); ``NotFound`` (404) if none."""
         sender = ev.request.from_.uri.user or doc.device_id
         dev = self.devices.get(sender)
         if dev is None or not dev.registered:
@@ -367,7 +368,7 @@ class DeviceRegistry:
         return dev
 
     def _on_keepalive(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
-        dev = self._registered_sender(ev, doc)
+        dev = self.registered_sender(ev, doc)
         now = asyncio.get_running_loop().time()
         self._route(dev, ev.peer, ev.request)
         dev.rec.last_keepalive = self._wall()
@@ -382,7 +383,7 @@ class DeviceRegistry:
                 self.request_sync(dev.device_id)
 
     def _on_response(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
-        dev = self._registered_sender(ev, doc)
+        dev = self.registered_sender(ev, doc)
         server.respond(build_response(ev.request, 200, to_tag=server.endpoint.new_tag()))
         key = (dev.device_id, doc.sn)
         if doc.cmd_type.lower() == "catalog":
