@@ -187,6 +187,9 @@ class AlarmService:
         if request.content_type != MANSCDP_TYPE:
             raise UnsupportedMediaType(f"expected Application/MANSCDP+xml, got {request.content_type}")
         doc = manscdp.decode(request.body, max_size=self.config.sip.max_message_size)
+        if (doc.root.lower(), doc.cmd_type.lower()) == ("notify", "catalog"):
+            self.devices.on_catalog_notify(server, ev, doc)  # catalog subscription events
+            return
         if (doc.root.lower(), doc.cmd_type.lower()) != ("notify", "alarm"):
             raise BadEvent(f"NOTIFY {doc.root}/{doc.cmd_type[:40]} not handled")
         self._accept(server, ev, doc, "NOTIFY")

@@ -333,6 +333,10 @@ class DevicesConfig(_Section):
     catalog_timeout: float = _field(30.0, _seconds(3600))
     """Seconds to wait for all parts of a Catalog answer; after it the catalog is kept as partial."""
 
+    catalog_subscribe_expires: int = _field(3600, _integer(0, 86400))
+    """Seconds of catalog subscription (``SUBSCRIBE`` ``Event: Catalog``) asked of a device after its catalog
+    sync, refreshed at 80% of what it grants; 0 disables catalog subscriptions."""
+
     alarm_retention: int = _field(100_000, _integer(1, 100_000_000))
     """Alarms kept in the store (rows); beyond it the oldest are deleted."""
 

@@ -19,6 +19,17 @@ After a (new) registration the device is queried for ``DeviceInfo``, ``Catalog``
 bounded pool of workers. Answers arrive as separate ``MESSAGE``s with the query's ``SN``; multi-part catalogs are
 reassembled by ``gateway.catalog.CatalogCollector`` until ``SumNum`` items or a timeout (then kept as partial).
 
+After a catalog sync succeeds the device is subscribed to catalog changes: ``SUBSCRIBE`` ``Event: Catalog;id=<SN>``
+with ``Expires: devices.catalog_subscribe_expires`` (0 disables) and a ``<Query><CmdType>Catalog`` body. The 2xx
+creates a dialog (``sip.dialog.Dialog``) in which the subscription is refreshed at 80% of the granted Expires (out
+of dialog if the 2xx has no To tag; again out of dialog once if an in-dialog refresh is refused). A refused or
+unanswered SUBSCRIBE is logged and the subscription dropped until the next sync. Each REGISTER that does not start
+a sync (a refresh or a re-registration: a rebooted device forgets its subscriptions) subscribes again. The device
+then reports changes in ``NOTIFY`` (or ``MESSAGE``) ``<Notify><CmdType>Catalog`` bodies, answered ``200`` and
+applied per item's ``<Event>``: ON/OFF/VLOST/DEFECT set the channel's status (an unknown channel is added),
+ADD/UPDATE upsert it, DEL removes it; a body that does not parse (no items, an item without DeviceID or with an unknown Event) is refused ``400``
+and nothing of it applied.
+
 State is kept in memory and written behind to SQLite (``gateway.store``). At start it is restored: a device whose
 registration and keepalive deadline have not passed (wall clock) stays online, so a gateway restart does not
 flip healthy devices offline.
@@ -40,6 +51,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sip import manscdp
+from sip.dialog import Dialog
 from sip.digest import AuthResult, Challenge, Credentials, DigestAlgorithm, NonceManager, verify
 from sip.endpoint import Peer, RequestReceived, Transport
 from sip.errors import Forbidden, MalformedMessage, NotFound, RemoteProtocolError
@@ -57,6 +69,7 @@ log = structlog.get_logger("gateway.devices")
 
 _ID_RE = re.compile(r"[0-9A-Za-z]{1,32}")
 MANSCDP = "Application/MANSCDP+xml"
+_CATALOG_EVENTS = frozenset({"ON", "OFF", "VLOST", "DEFECT", "ADD", "DEL", "UPDATE"})
 
 
 class QueryFailed(Exception):
@@ -78,6 +91,7 @@ class Device:
     alive_until: float = 0.0           # monotonic keepalive deadline
     channels: dict[str, ChannelRecord] = field(default_factory=dict)
     syncing: bool = False
+    subscription: asyncio.Task[None] | None = None  # the catalog subscription (SUBSCRIBE and its refreshes)
 
     @property
     def device_id(self) -> str:
@@ -139,6 +153,7 @@ class DeviceRegistry:
         self.media_faults: set[tuple[str, str]] = set()
         router.on_method("REGISTER", self._on_register)
         router.on_manscdp("Notify", "Keepalive", self._on_keepalive)
+        router.on_manscdp("Notify", "Catalog", self.on_catalog_notify)  # the NOTIFY form: gateway.alarms routes it
         for cmd in ("Catalog", "DeviceInfo", "DeviceStatus", "PresetQuery", "DeviceControl", "DeviceConfig",
                     "ConfigDownload"):
             router.on_manscdp("Response", cmd, self._on_response)
@@ -190,6 +205,10 @@ class DeviceRegistry:
         self._tasks.clear()
         for fut in self._waiters.values():
             fut.cancel()
+        subs = [d.subscription for d in self.devices.values() if d.subscription is not None]
+        for task in subs:
+            task.cancel()
+        await asyncio.gather(*subs, return_exceptions=True)
 
     def _restore(self, devices: list[DeviceRecord], channels: list[ChannelRecord], now: float) -> None:
         wall = self._wall()
@@ -310,6 +329,7 @@ class DeviceRegistry:
         if expires == 0:
             if dev is not None:
                 self._set_offline(dev, "unregistered")
+                self._unsubscribe(dev)
                 dev.rec.expires_at = 0.0
                 dev.registered_until = 0.0
                 self._persist(dev)
@@ -341,6 +361,8 @@ class DeviceRegistry:
                  source=f"{ev.peer.addr[0]}:{ev.peer.addr[1]}", expires=expires, new=new)
         if new or not dev.channels:
             self.request_sync(device_id)
+        elif not dev.syncing:
+            self.subscribe_catalog(dev)  # a re-registration: the device may have forgotten its subscription
 
     def _route(self, dev: Device, peer: Peer, req: SipRequest) -> None:
         """Reach the device where it was last heard from (RFC 3581: NAT mappings move)."""
@@ -489,6 +511,8 @@ class DeviceRegistry:
             await self.sync_catalog(dev)
         except QueryFailed as exc:
             log.warning("Catalog query failed", device_id=dev.device_id, reason=exc.reason)
+        else:
+            self.subscribe_catalog(dev)
         try:
             status = await self.query(dev, "DeviceStatus")
             dev.rec.status = {k: v for k, v in status.tree.flat().items()
@@ -587,7 +611,7 @@ class DeviceRegistry:
                    params=(("rport", None), ("branch", self._server.endpoint.new_branch())))
 
     def device_request(self, dev: Device, method: str, body: bytes = b"",
-                       content_type: str | None = None) -> SipRequest:
+                       content_type: str | None = None, headers: list[tuple[str, str]] | None = None) -> SipRequest:
         """An out-of-dialog request from us (the platform) to ``dev``."""
         via = self.via_toward(dev)
         assert self._server is not None and dev.peer is not None
@@ -600,8 +624,128 @@ class DeviceRegistry:
             from_=NameAddr(SipUri(host=sip.domain, user=sip.platform_id), params=(("tag", server.endpoint.new_tag()),)),
             to=NameAddr(SipUri(host=sip.domain, user=dev.device_id)),
             call_id=server.endpoint.new_call_id(), cseq=1, body=body, content_type=content_type,
-            headers=[("User-Agent", "gb28181-gateway")],
+            headers=[*(headers or []), ("User-Agent", "gb28181-gateway")],
         )
+
+    # ------------------------------------------------------------------------------------------ subscriptions
+    def subscribe_catalog(self, dev: Device) -> None:
+        """(Re)start the catalog subscription of ``dev`` (a no-op with ``catalog_subscribe_expires = 0``)."""
+        self._unsubscribe(dev)
+        if self.dc.catalog_subscribe_expires <= 0 or self._server is None or dev.peer is None:
+            return
+        dev.subscription = asyncio.create_task(self._subscription(dev), name=f"devices.subscribe.{dev.device_id}")
+
+    def _unsubscribe(self, dev: Device) -> None:
+        """Stop refreshing ``dev``'s subscription (it lapses at the device)."""
+        if dev.subscription is not None and not dev.subscription.done():
+            dev.subscription.cancel()
+        dev.subscription = None
+
+    async def _subscription(self, dev: Device) -> None:
+        dialog: Dialog | None = None
+        sn = next(self._sn)
+        while True:
+            expires = self.dc.catalog_subscribe_expires
+            if expires <= 0 or self._server is None or dev.peer is None or dev.subscription is not asyncio.current_task():
+                return
+            server = self._server
+            body = manscdp.encode("Query", "Catalog", sn, dev.device_id, encoding=dev.rec.charset or "GB2312")
+            via = self.via_toward(dev)
+            headers = [("Event", f"Catalog;id={sn}"), ("Expires", str(expires)),
+                       ("Contact", f"<sip:{self.config.sip.platform_id}@{via.host}:{server.port}>")]
+            if dialog is None:
+                request = self.device_request(dev, "SUBSCRIBE", body, MANSCDP, headers=headers)
+            else:
+                request = dialog.create_request("SUBSCRIBE", via, [*headers, ("User-Agent", "gb28181-gateway")],
+                                                body, MANSCDP)
+            try:
+                response = await server.request(request, dev.peer)
+            except SipTimeout:
+                log.warning("catalog subscribe: no answer (retried at the next sync)", device_id=dev.device_id)
+                return
+            if response.status >= 300:
+                log.warning("catalog subscribe refused", device_id=dev.device_id, status=response.status,
+                            reason=response.reason, in_dialog=dialog is not None)
+                if dialog is not None:  # the device lost the dialog (rebooted?): subscribe anew, once
+                    dialog = None
+                    continue
+                return
+            try:
+                granted = response.expires
+            except MalformedMessage:
+                granted = None
+            granted = expires if granted is None else min(granted, expires)
+            if granted <= 0:
+                log.warning("catalog subscribe granted no time", device_id=dev.device_id)
+                return
+            refresh = dialog is not None
+            if dialog is None:
+                try:
+                    dialog = Dialog.from_uac(request, response)
+                except RemoteProtocolError:
+                    dialog = None  # no To tag: refresh out of dialog
+            log.info("catalog subscribed", device_id=dev.device_id, expires=granted, refresh=refresh,
+                     in_dialog=dialog is not None)
+            await asyncio.sleep(granted * 0.8)
+
+    def on_catalog_notify(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
+        """A ``<Notify><CmdType>Catalog`` (NOTIFY or MESSAGE): validate every item (``400`` if any is bad), answer
+        ``200``, then apply each item's ``<Event>`` to the registry and the store."""
+        dev = self.registered_sender(ev, doc)  # 404 for unregistered senders
+        items = doc.items("DeviceList")
+        if not items:
+            raise MalformedMessage("Catalog Notify without DeviceList items")
+        for item in items:
+            item_id = item.get("DeviceID", "")
+            if not _ID_RE.fullmatch(item_id):
+                raise MalformedMessage(f"Catalog Notify item with bad DeviceID {item_id[:40]!r}")
+            event = item.get("Event", "").upper()
+            if event not in _CATALOG_EVENTS:
+                raise MalformedMessage(f"Catalog Notify item with unknown Event {event[:20]!r}")
+        server.respond(build_response(ev.request, 200, to_tag=server.endpoint.new_tag()))
+        wall = self._wall()
+        for item in items:
+            self._apply_catalog_event(dev, item, wall)
+        self._persist(dev)
+
+    def _apply_catalog_event(self, dev: Device, item: dict[str, str], wall: float) -> None:
+        item_id = item["DeviceID"]
+        event = item["Event"].upper()
+        fields = {k: v for k, v in item.items() if k != "Event"}
+        ch = dev.channels.get(item_id)
+        if event == "DEL":
+            if ch is None:
+                log.info("catalog event for an unknown channel", device_id=dev.device_id, channel_id=item_id,
+                         event=event)
+                return
+            del dev.channels[item_id]
+            self.media_faults.discard((dev.device_id, item_id))
+            if self.store is not None:
+                self.store.delete_channel(dev.device_id, item_id)
+            log.info("channel removed (catalog event)", device_id=dev.device_id, channel_id=item_id)
+        elif event in ("ADD", "UPDATE") or ch is None:
+            status = item.get("Status") or (event if event in ("ON", "OFF", "VLOST", "DEFECT") else "")
+            merged = {**(ch.fields if ch is not None else {}), **fields}
+            if status:
+                merged["Status"] = status
+            ch = ChannelRecord(device_id=dev.device_id, channel_id=item_id, kind=item_kind(item_id),
+                               name=merged.get("Name", ""), parent_id=merged.get("ParentID", ""),
+                               status=merged.get("Status", ""), fields=merged, updated_at=wall)
+            created = item_id not in dev.channels
+            dev.channels[item_id] = ch
+            if self.store is not None:
+                self.store.put_channel(ch)
+            log.info("channel added (catalog event)" if created else "channel updated (catalog event)",
+                     device_id=dev.device_id, channel_id=item_id, event=event, status=ch.status)
+        else:
+            old = ch.status
+            ch.status = event
+            ch.fields = {**ch.fields, "Status": event}
+            ch.updated_at = wall
+            if self.store is not None:
+                self.store.put_channel(ch)
+            log.info("channel status changed (catalog event)", device_id=dev.device_id, channel_id=item_id,
+                     old=old, status=event)
 
     # ------------------------------------------------------------------------------------------ lookups
     def get(self, device_id: str) -> Device | None:
@@ -650,6 +794,7 @@ class DeviceRegistry:
         if dev is None:
             return False
         self.media_faults = {k for k in self.media_faults if k[0] != device_id}
+        self._unsubscribe(dev)
         if self.store is not None:
             self.store.delete_device(device_id)
         self._update_gauges()

@@ -28,6 +28,12 @@ Queries (``MESSAGE`` ``<Query>``: DeviceInfo, DeviceStatus, Catalog) are answere
 of ``CATALOG_WINDOW`` outstanding transactions). Test hooks make a device misbehave: ``catalog_shuffle``,
 ``catalog_duplicate``, ``wrong_password`` (attributes) and ``stop_keepalive()``.
 
+Catalog subscriptions: a ``SUBSCRIBE`` with ``Event: Catalog`` is answered ``200`` with the asked ``Expires`` (and a
+To tag and Contact: it creates a dialog), counted in ``catalog_subscribes`` (out of dialog) or ``catalog_refreshes``
+(in dialog, To tag present); ``subscribe_status`` (a test hook) answers with another status instead.
+``notify_catalog()`` reports a channel change (``<Notify><CmdType>Catalog`` with one Item and its ``<Event>``) in a
+``NOTIFY`` (``Event: Catalog``) or a ``MESSAGE``.
+
 Media (``gateway.sim.media``): each device's ``media`` (``DeviceMedia``) answers INVITE, ACK and BYE for its
 channels and streams PS over RTP; the simulator routes ``RequestCancelled`` (CANCEL) to it.
 
@@ -158,6 +164,8 @@ class SimDevice:
         """Answer digest challenges with a wrong password."""
         self.keepalive_enabled = True
         """False after ``stop_keepalive()``: registered but silent."""
+        self.subscribe_status = 200
+        """Status answered to a catalog SUBSCRIBE (a 4xx tests the platform's handling of refusals)."""
 
         # State, for tests and the CLI's status line.
         self.state = RegState.IDLE
@@ -181,9 +189,18 @@ class SimDevice:
         self.catalog_parts_sent = 0
         self.alarm_responses: list[manscdp.ManscdpDocument] = []
         """The platform's ``<Response><CmdType>Alarm`` MESSAGEs received (bounded to the last 1000)."""
+        self.catalog_subscribes = 0
+        """Catalog SUBSCRIBEs accepted out of dialog (new subscriptions)."""
+        self.catalog_refreshes = 0
+        """Catalog SUBSCRIBEs accepted in dialog (refreshes)."""
+        self.catalog_subscribed_until: float | None = None
+        """Loop time the catalog subscription lapses (None: not subscribed; Expires 0 unsubscribes)."""
+        self.catalog_subscribe_expires: int | None = None
+        """The Expires of the last accepted catalog SUBSCRIBE."""
 
         # Extension points: method → handler, (root, CmdType) lower-cased → handler.
-        self.request_handlers: dict[str, RequestHandler] = {"MESSAGE": self._on_message}
+        self.request_handlers: dict[str, RequestHandler] = {"MESSAGE": self._on_message,
+                                                            "SUBSCRIBE": self._on_subscribe}
         self.manscdp_handlers: dict[tuple[str, str], ManscdpHandler] = {
             ("query", "deviceinfo"): self._on_device_info,
             ("query", "devicestatus"): self._on_device_status,
@@ -356,6 +373,47 @@ class SimDevice:
         else:
             request = self.platform_request("MESSAGE", body, MANSCDP)
         return await self.send_to_platform(request)
+
+    async def notify_catalog(self, channel_id: str, event: str, *, form: str = "NOTIFY",
+                             **fields: object) -> SipResponse | None:
+        """Report a catalog change of ``channel_id`` (``<Notify><CmdType>Catalog``, one Item with ``<Event>`` and
+        ``fields`` such as ``Name``/``Status``) in a ``NOTIFY`` (``Event: Catalog``) or, with ``form="MESSAGE"``,
+        a ``MESSAGE``. Values are sent as given. Returns the final response, None on timeout."""
+        item = [manscdp.element("DeviceID", channel_id), manscdp.element("Event", event),
+                *(manscdp.element(name, value) for name, value in fields.items())]
+        body = manscdp.encode("Notify", "Catalog", self.next_sn(), self.device_id, [
+            ("SumNum", "1"), manscdp.element("DeviceList", [manscdp.element("Item", item)], Num=1),
+        ], encoding=self.config.charset)
+        if form.upper() == "NOTIFY":
+            request = self.platform_request("NOTIFY", body, MANSCDP,
+                                            headers=[("Event", "Catalog"), ("Subscription-State", "active")])
+        else:
+            request = self.platform_request("MESSAGE", body, MANSCDP)
+        return await self.send_to_platform(request)
+
+    def _on_subscribe(self, server: SipServer, ev: RequestReceived) -> None:
+        req = ev.request
+        event = (req.headers.get("event") or "").split(";", 1)[0].strip().lower()
+        if event != "catalog":
+            server.respond(build_response(req, 489, "Bad Event"))
+            return
+        if self.subscribe_status >= 300:
+            server.respond(build_response(req, self.subscribe_status))
+            return
+        expires = req.expires
+        expires = 3600 if expires is None else expires
+        in_dialog = req.to.tag is not None
+        if in_dialog:
+            self.catalog_refreshes += 1
+        else:
+            self.catalog_subscribes += 1
+        self.catalog_subscribe_expires = expires
+        now = asyncio.get_running_loop().time()
+        self.catalog_subscribed_until = now + expires if expires > 0 else None
+        self.log.info("catalog subscribed", expires=expires, refresh=in_dialog)
+        server.respond(build_response(req, 200, to_tag=server.endpoint.new_tag(), headers=[
+            ("Expires", str(expires)), ("Contact", str(self.sim.contact(self.device_id))),
+            ("User-Agent", USER_AGENT)]))
 
     def _on_alarm_response(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         self._ok(server, ev)
