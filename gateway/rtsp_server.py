@@ -48,7 +48,6 @@ import binascii
 import hmac
 import secrets
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -96,9 +95,6 @@ MAX_PENDING_REQUESTS = 32
 MAX_AUTH_FAILURES = 5
 #: Seconds a digest nonce stays valid.
 NONCE_LIFETIME = 300.0
-#: How long DESCRIBE waits for the parameter sets (and a first audio unit) after the first frame.
-PARAMS_WAIT = 2.0
-AUDIO_WAIT = 0.3
 #: Seconds between the server's housekeeping passes (idle sessions, metrics).
 TICK = 1.0
 VIDEO_PT = 96
@@ -154,8 +150,8 @@ class TrackSpec:
         return G711Packetizer(ssrc, self.pt, seq=seq, ts_offset=ts_offset)
 
 
-def describe_tracks(session: StreamSession, audio: tuple[Codec, bytes] | None) -> tuple[TrackSpec, ...]:
-    """The tracks of ``session`` from its GOP cache (video) and the first audio unit seen (``audio``).
+def describe_tracks(session: StreamSession, audio: AccessUnit | None) -> tuple[TrackSpec, ...]:
+    """The tracks of ``session`` from its GOP cache (video) and its first audio unit (``audio``).
 
     Raises ``_Reply`` 503 before the parameter sets are known, 415 for a video codec RTSP cannot carry here.
     """
@@ -171,7 +167,7 @@ def describe_tracks(session: StreamSession, audio: tuple[Codec, bytes] | None) -
         raise _Reply(415, f"Video codec {cache.video_codec} not served over RTSP")
     tracks = [video]
     if audio is not None:
-        codec, sample = audio
+        codec, sample = audio.codec, audio.data
         if codec in _AUDIO_PT:
             pt, rtpmap = _AUDIO_PT[codec]
             tracks.append(TrackSpec(1, "audio", codec, pt, 8000, rtpmap))
@@ -330,8 +326,6 @@ class RtspServer:
         self.connections: set[_Connection] = set()
         self.nonces = NonceManager(secrets.token_bytes(32), NONCE_LIFETIME)
         self.auth = config.effective_auth
-        # The first audio unit seen on each stream (codec and data: AAC needs its ADTS header for the SDP).
-        self._audio: weakref.WeakKeyDictionary[StreamSession, tuple[Codec, bytes]] = weakref.WeakKeyDictionary()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -361,19 +355,6 @@ class RtspServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-
-    def note_audio(self, session: StreamSession, au: AccessUnit) -> None:
-        if session not in self._audio:
-            self._audio[session] = (au.codec, bytes(au.data[:16]))
-
-    def audio_of(self, session: StreamSession) -> tuple[Codec, bytes] | None:
-        found = self._audio.get(session)
-        if found is None:
-            for au in session.fanout.cache.units:
-                if au.codec.is_audio:
-                    self.note_audio(session, au)
-                    return self._audio.get(session)
-        return found
 
     def _housekeeping(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -668,17 +649,7 @@ class _Connection(asyncio.Protocol):
             raise asyncio.CancelledError
         sub.close()  # the consumer count stays until leave(); units flow to the PLAY callback instead
         self.session, self.sub, self.stream_path = session, sub, path
-        cache = session.fanout.cache
-        deadline = self.loop.time() + PARAMS_WAIT
-        while (cache.sps is None or cache.pps is None or (cache.video_codec is Codec.H265 and cache.vps is None)
-               or not cache.has_keyframe) and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if self.server.audio_of(session) is None:
-            # Audio, if any, arrives with the first frames: a stream flowing for a while without any has none.
-            deadline = (session.first_frame_at or self.loop.time()) + AUDIO_WAIT
-            while self.server.audio_of(session) is None and self.loop.time() < deadline:
-                await asyncio.sleep(0.05)
-        self.specs = describe_tracks(session, self.server.audio_of(session))
+        self.specs = describe_tracks(session, await session.wait_described())
         return session
 
     async def _describe(self, req: rtsp.RtspRequest) -> tuple[int, list[tuple[str, str]], bytes, str | None]:
@@ -831,8 +802,6 @@ class _Connection(asyncio.Protocol):
                 self.loop.call_soon(lambda: self.close("video codec changed", bye=True))
                 return None
         else:
-            if self.session is not None and codec.is_audio:
-                self.server.note_audio(self.session, au)
             track = self.audio
             if track is None or codec is not track.spec.codec:
                 return None

@@ -33,7 +33,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from media import sdp
-from media.frames import AccessUnit
+from media.frames import AccessUnit, Codec
 from sip import manscdp
 from sip.dialog import Dialog
 from sip.endpoint import RequestReceived, ResponseReceived, SipEvent
@@ -59,6 +59,10 @@ from .sip_transport import SipServer, SipTimeout
 log = structlog.get_logger("gateway.streams")
 
 KEYFRAME_REQUEST_INTERVAL = 2.0
+#: How long ``StreamSession.wait_described`` waits for the parameter sets and a keyframe, then (counted from the
+#: first frame: audio arrives with the first frames) for a first audio unit.
+PARAMS_WAIT = 2.0
+AUDIO_WAIT = 0.3
 
 
 class StreamError(Exception):
@@ -115,6 +119,8 @@ class StreamSession:
         self._started = manager.loop.time()
         self.first_frame_at: float | None = None
         self.last_frame_at: float | None = None
+        #: The first audio unit received (its codec, and for AAC the ADTS header an SDP needs); None: none yet.
+        self.first_audio: AccessUnit | None = None
         self.ready = manager.loop.create_future()  # resolves at the first frame, or fails
         self._linger: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -302,7 +308,25 @@ class StreamSession:
             if not self.ready.done():
                 self.ready.set_result(None)
         self.last_frame_at = now
+        if self.first_audio is None and au.codec.is_audio:
+            self.first_audio = au
         self.fanout.publish(au)
+
+    async def wait_described(self) -> AccessUnit | None:
+        """Wait (at most ``PARAMS_WAIT``) until the GOP cache knows the video's parameter sets and holds a keyframe,
+        then, while the stream is younger than ``AUDIO_WAIT`` after its first frame, for a first audio unit. What
+        viewers describe (SDP) comes from here. Returns ``first_audio`` (None: the stream has no audio)."""
+        loop = self.manager.loop
+        cache = self.fanout.cache
+        deadline = loop.time() + PARAMS_WAIT
+        while not self.fanout.closed and loop.time() < deadline and (
+                cache.video_codec is None or cache.sps is None or cache.pps is None or not cache.has_keyframe
+                or (cache.video_codec is Codec.H265 and cache.vps is None)):
+            await asyncio.sleep(0.05)
+        deadline = (self.first_frame_at or loop.time()) + AUDIO_WAIT
+        while self.first_audio is None and not self.fanout.closed and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.first_audio
 
     def request_keyframe(self) -> None:
         """Ask the camera for an I-frame (``DeviceControl`` ``IFameCmd``), at most once every 2 s."""

@@ -112,9 +112,6 @@ __all__ = ["WHEP_KEY", "IceHost", "Refused", "Transcoder", "WhepEndpoint", "Whep
 
 log = structlog.get_logger("gateway.webrtc")
 
-#: How long an offer waits for the stream's parameter sets and keyframe, then (after the first frame) for audio.
-PARAMS_WAIT = 2.0
-AUDIO_WAIT = 0.3
 #: Seconds a session may take to connect (ICE + DTLS) after its answer before it is ended.
 CONNECT_TIMEOUT = 30.0
 #: Seconds between two answers to a viewer's PLI/FIR.
@@ -932,11 +929,7 @@ class WhepEndpoint:
         """Wait for the stream's parameters; choose passthrough or transcode, and the audio to send."""
         stream = session.stream
         cache = stream.fanout.cache
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PARAMS_WAIT
-        while (cache.video_codec is None or cache.sps is None or not cache.has_keyframe) \
-                and loop.time() < deadline and not stream.fanout.closed:
-            await asyncio.sleep(0.05)
+        first_audio = await stream.wait_described()
         if stream.fanout.closed:
             raise Refused(502, f"the stream ended: {stream.error.reason if stream.error else 'stopped'}", "failed")
         codec = cache.video_codec
@@ -949,18 +942,8 @@ class WhepEndpoint:
             transcoder = self._transcoder(stream, reason)
             session.transcoder = transcoder
             session.source = transcoder.fanout
-        audio = self._audio_of(stream)
-        if audio is None:
-            deadline = (stream.first_frame_at or loop.time()) + AUDIO_WAIT
-            while audio is None and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-                audio = self._audio_of(stream)
-        if audio in audio_codecs:
-            session.audio_codec = audio
-
-    @staticmethod
-    def _audio_of(stream: StreamSession) -> Codec | None:
-        return next((au.codec for au in stream.fanout.cache.units if au.codec.is_audio), None)
+        if first_audio is not None and first_audio.codec in audio_codecs:
+            session.audio_codec = first_audio.codec
 
     # -- transcoders
     def _transcoder(self, stream: StreamSession, reason: str) -> Transcoder:
