@@ -44,7 +44,7 @@ from typing import TypeVar
 from sip import manscdp
 from sip.errors import InvalidBody
 from sip.manscdp import Field, ManscdpDocument
-from sip.ptz import PtzCommand
+from sip.ptz import PtzCommand, check_int
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -124,11 +124,7 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ControlError(f"{name} must be an int {lo}..{hi}, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ControlError(f"{name} must be {lo}..{hi}, got {value}")
-    return value
+    return check_int(name, value, lo, hi, ControlError)
 
 
 def _choice(name: str, kind: type[_E], value: object) -> _E:

@@ -61,6 +61,7 @@ __all__ = [
     "PtzError",
     "PtzOp",
     "ScanAction",
+    "check_int",
 ]
 
 DEFAULT_ADDRESS = 1
@@ -156,12 +157,15 @@ _HEX16 = re.compile(r"[0-9A-Fa-f]{16}")
 _NOT_HEX = re.compile(r"[^0-9A-Fa-f]")
 
 
-def _int(name: str, value: object, lo: int, hi: int) -> int:
+def check_int(name: str, value: object, lo: int, hi: int, error: type[Exception] = PtzError) -> int:
+    """``value`` if it is an int (not a bool) in ``lo..hi``, else ``error`` naming ``name`` and the range."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise PtzError(f"{name} must be an int {lo}..{hi}, got {type(value).__name__}")
+        raise error(f"{name} must be an int {lo}..{hi}, got {type(value).__name__}")
     if not lo <= value <= hi:
-        raise PtzError(f"{name} must be {lo}..{hi}, got {value}")
+        raise error(f"{name} must be {lo}..{hi}, got {value}")
     return value
+
+
 
 
 def _direction(name: str, value: object) -> int:
@@ -197,21 +201,21 @@ class PtzCommand:
             raise PtzError(f"op must be a PtzOp, got {self.op!r}")
         names = _NAMES[self.op]
         mask = _FLAG_MASK.get(self.op, 0)
-        flags = _int("flags", self.flags, 0, 0xFF)
+        flags = check_int("flags", self.flags, 0, 0xFF)
         if flags & ~mask:
             raise PtzError(f"flags 0x{flags:02X} not allowed for {self.op.name} (mask 0x{mask:02X})")
         for both, words in _CONFLICTS.get(self.op, ()):
             if flags & both == both:
                 raise PtzError(f"{self.op.name} command cannot move {words} at once")
-        _int(names[0] or "data1", self.data1, 0, 0xFF)
+        check_int(names[0] or "data1", self.data1, 0, 0xFF)
         if self.op in _PRESET_OPS:
-            _int("preset", self.data2, 1, 0xFF)
+            check_int("preset", self.data2, 1, 0xFF)
         elif self.op is PtzOp.SCAN:
-            _int("scan action", self.data2, 0, 2)
+            check_int("scan action", self.data2, 0, 2)
         else:
-            _int(names[1] or "data2", self.data2, 0, 0xFF)
-        _int(names[2] or "data3", self.data3, 0, 0xF)
-        _int("address", self.address, 0, 0xFFF)
+            check_int(names[1] or "data2", self.data2, 0, 0xFF)
+        check_int(names[2] or "data3", self.data3, 0, 0xF)
+        check_int("address", self.address, 0, 0xFFF)
 
     # --- constructors -----------------------------------------------------------------------------
 
@@ -238,9 +242,9 @@ class PtzCommand:
         Speeds: pan and tilt 0..255, zoom 0..15.
         """
         pan, tilt, zoom = _direction("pan", pan), _direction("tilt", tilt), _direction("zoom", zoom)
-        _int("pan speed", pan_speed, 0, 0xFF)
-        _int("tilt speed", tilt_speed, 0, 0xFF)
-        _int("zoom speed", zoom_speed, 0, 0xF)
+        check_int("pan speed", pan_speed, 0, 0xFF)
+        check_int("tilt speed", tilt_speed, 0, 0xFF)
+        check_int("zoom speed", zoom_speed, 0, 0xF)
         flags = (_bits(pan, Motion.RIGHT, Motion.LEFT) | _bits(tilt, Motion.UP, Motion.DOWN)
                  | _bits(zoom, Motion.ZOOM_IN, Motion.ZOOM_OUT))
         return cls(PtzOp.PTZ, Motion(flags), pan_speed if pan else 0, tilt_speed if tilt else 0,
@@ -258,8 +262,8 @@ class PtzCommand:
     ) -> Self:
         """FI command: ``focus`` 1 far / -1 near, ``iris`` 1 open / -1 close, 0 stops (speeds 0..255)."""
         focus, iris = _direction("focus", focus), _direction("iris", iris)
-        _int("focus speed", focus_speed, 0, 0xFF)
-        _int("iris speed", iris_speed, 0, 0xFF)
+        check_int("focus speed", focus_speed, 0, 0xFF)
+        check_int("iris speed", iris_speed, 0, 0xFF)
         flags = _bits(focus, Lens.FOCUS_FAR, Lens.FOCUS_NEAR) | _bits(iris, Lens.IRIS_OPEN, Lens.IRIS_CLOSE)
         return cls(PtzOp.FI, Lens(flags), focus_speed if focus else 0, iris_speed if iris else 0, 0, address)
 
@@ -276,29 +280,29 @@ class PtzCommand:
     @classmethod
     def preset_set(cls, preset: int, *, address: int = DEFAULT_ADDRESS) -> Self:
         """Store the current position as ``preset`` (1..255)."""
-        return cls(PtzOp.PRESET_SET, 0, 0, _int("preset", preset, 1, 0xFF), 0, address)
+        return cls(PtzOp.PRESET_SET, 0, 0, check_int("preset", preset, 1, 0xFF), 0, address)
 
     @classmethod
     def preset_call(cls, preset: int, *, address: int = DEFAULT_ADDRESS) -> Self:
         """Go to ``preset`` (1..255)."""
-        return cls(PtzOp.PRESET_CALL, 0, 0, _int("preset", preset, 1, 0xFF), 0, address)
+        return cls(PtzOp.PRESET_CALL, 0, 0, check_int("preset", preset, 1, 0xFF), 0, address)
 
     @classmethod
     def preset_delete(cls, preset: int, *, address: int = DEFAULT_ADDRESS) -> Self:
         """Forget ``preset`` (1..255)."""
-        return cls(PtzOp.PRESET_DELETE, 0, 0, _int("preset", preset, 1, 0xFF), 0, address)
+        return cls(PtzOp.PRESET_DELETE, 0, 0, check_int("preset", preset, 1, 0xFF), 0, address)
 
     @classmethod
     def cruise_add(cls, group: int, preset: int, *, address: int = DEFAULT_ADDRESS) -> Self:
         """Append ``preset`` (1..255) to cruise ``group`` (0..255)."""
-        group = _int("cruise group", group, 0, 0xFF)
-        return cls(PtzOp.CRUISE_ADD, 0, group, _int("preset", preset, 1, 0xFF), 0, address)
+        group = check_int("cruise group", group, 0, 0xFF)
+        return cls(PtzOp.CRUISE_ADD, 0, group, check_int("preset", preset, 1, 0xFF), 0, address)
 
     @classmethod
     def cruise_delete(cls, group: int, preset: int, *, address: int = DEFAULT_ADDRESS) -> Self:
         """Remove ``preset`` (1..255; 0: the whole cruise) from cruise ``group`` (0..255)."""
-        group = _int("cruise group", group, 0, 0xFF)
-        return cls(PtzOp.CRUISE_DELETE, 0, group, _int("preset", preset, 0, 0xFF), 0, address)
+        group = check_int("cruise group", group, 0, 0xFF)
+        return cls(PtzOp.CRUISE_DELETE, 0, group, check_int("preset", preset, 0, 0xFF), 0, address)
 
     @classmethod
     def cruise_speed(cls, group: int, speed: int, *, address: int = DEFAULT_ADDRESS) -> Self:
@@ -313,14 +317,14 @@ class PtzCommand:
     @classmethod
     def cruise_start(cls, group: int, *, address: int = DEFAULT_ADDRESS) -> Self:
         """Start cruise ``group`` (0..255); ``stop()`` ends it."""
-        return cls(PtzOp.CRUISE_START, 0, _int("cruise group", group, 0, 0xFF), 0, 0, address)
+        return cls(PtzOp.CRUISE_START, 0, check_int("cruise group", group, 0, 0xFF), 0, 0, address)
 
     @classmethod
     def scan(cls, group: int, action: ScanAction = ScanAction.START, *,
              address: int = DEFAULT_ADDRESS) -> Self:
         """Start scan ``group`` (0..255), or set its left/right edge here; ``stop()`` ends it."""
-        group = _int("scan group", group, 0, 0xFF)
-        return cls(PtzOp.SCAN, 0, group, ScanAction(_int("scan action", action, 0, 2)), 0, address)
+        group = check_int("scan group", group, 0, 0xFF)
+        return cls(PtzOp.SCAN, 0, group, ScanAction(check_int("scan action", action, 0, 2)), 0, address)
 
     @classmethod
     def scan_speed(cls, group: int, speed: int, *, address: int = DEFAULT_ADDRESS) -> Self:
@@ -333,12 +337,12 @@ class PtzCommand:
         if not isinstance(on, bool):
             raise PtzError(f"on must be a bool, got {type(on).__name__}")
         op = PtzOp.AUX_ON if on else PtzOp.AUX_OFF
-        return cls(op, 0, _int("switch", switch, 0, 0xFF), 0, 0, address)
+        return cls(op, 0, check_int("switch", switch, 0, 0xFF), 0, 0, address)
 
     @classmethod
     def _wide(cls, op: PtzOp, group_name: str, group: int, name: str, value: int, address: int) -> Self:
-        group = _int(group_name, group, 0, 0xFF)
-        value = _int(name, value, 0, 0xFFF)
+        group = check_int(group_name, group, 0, 0xFF)
+        value = check_int(name, value, 0, 0xFFF)
         return cls(op, 0, group, value & 0xFF, value >> 8, address)
 
     # --- reading ----------------------------------------------------------------------------------
