@@ -550,7 +550,7 @@ async def test_cli_help() -> None:
     text = stdout.decode()
     for flag in ("--server", "--devices", "--channels", "--codec", "--transport", "--password", "--platform-id",
                  "--domain", "--first-id", "--keepalive", "--expires", "--catalog-per-message", "--rate",
-                 "--local-port", "--duration", "--audio", "--audio-rate"):
+                 "--local-port", "--duration", "--audio", "--audio-rate", "--position-form", "--alarm-interval"):
         assert flag in text
     assert "later release" in text
 

@@ -80,9 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         "(UDP, TCP with a=setup:passive (we connect) or active (we listen); RFC 4571 framing on TCP), with "
         "the offer's SSRC, until BYE. The video is a generated clip (moving pattern and a clock, --codec, "
         "--width/--height/--fps, keyframe every second) with audio (--audio: a tone with a beep every second "
-        "in G.711A, G.711U or AAC-LC in ADTS, or none), encoded once per process and looped; or --replay loops a *.lenpfx.rtp capture. Playback control (INFO), alarms and PTZ come in "
-        "a later release. Exit codes: 0 clean stop, 1 start failed (SIP port, media encoder) or every device "
-        "refused, 2 bad arguments, 130 forced by a second signal.",
+        "in G.711A, G.711U or AAC-LC in ADTS, or none), encoded once per process and looped; or --replay loops a *.lenpfx.rtp capture. "
+        "Subscriptions: SUBSCRIBE for Catalog, Alarm and MobilePosition is accepted (others 489); positions are "
+        "reported every <Interval> seconds of the subscription (--position-form), alarms on --alarm-interval. "
+        "PTZ and device control are answered; playback control (INFO) comes in a later release. "
+        "Exit codes: 0 clean stop, 1 start failed (SIP port, media encoder) or every device refused, "
+        "2 bad arguments, 130 forced by a second signal.",
     )
     parser.add_argument("--server", metavar="HOST:PORT", type=parse_server, default=d.server,
                         help="the platform's SIP address (default 127.0.0.1:5060)")
@@ -121,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"catalog items per Response MESSAGE (default {d.catalog_per_message})")
     parser.add_argument("--catalog-groups", action="store_true",
                         help="NVR catalog with a business group (215) and virtual organisations (216)")
+    parser.add_argument("--position-form", choices=("single", "list"), default=d.position_form,
+                        help="mobile position NOTIFYs under a MobilePosition subscription: one per channel "
+                        f"(single, 2016) or one listing all channels (list, 2022) (default {d.position_form})")
+    parser.add_argument("--alarm-interval", metavar="SECONDS", type=float, default=d.alarm_interval,
+                        help="each device raises a video alarm (priority cycling 1-4) every SECONDS, as a NOTIFY "
+                        "in its Alarm subscription when the platform subscribed, else a MESSAGE (default 0: off)")
     parser.add_argument("--rate", metavar="R", type=float, default=d.register_rate,
                         help=f"devices started (registering) per second (default {d.register_rate:g})")
     parser.add_argument("--local-host", metavar="IP", default=None,
@@ -148,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         catalog_per_message=args.catalog_per_message, catalog_groups=args.catalog_groups,
         keepalive_interval=args.keepalive, expires=args.expires, register_rate=args.rate, codec=args.codec,
         local_host=host, local_port=args.local_port,
+        position_form=args.position_form, alarm_interval=args.alarm_interval,  # events
         width=args.width, height=args.height, fps=args.fps, audio=args.audio,  # media
         audio_rate=args.audio_rate, replay=args.replay, replay_speed=args.replay_speed,
     )

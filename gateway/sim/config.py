@@ -140,6 +140,13 @@ class SimConfig:
     seed: int | None = None
     """Seed of the simulator's random generator (cnonces, jitter, shuffles); None: unpredictable."""
 
+    # --- events (gateway/sim/events.py) ----------------------------------------------------------------------
+    position_form: str = "single"
+    """Mobile position NOTIFYs: ``single`` (one per channel, 2016) or ``list`` (one listing every channel, 2022)."""
+
+    alarm_interval: float = 0.0
+    """Seconds between the alarms each device raises on its own (video motion, priority cycling 1-4); 0: none."""
+
     # --- media (gateway/sim/media.py, gateway/sim/source.py) -------------------------------------------------
     width: int = 320
     """Width of the generated video (even, up to 640)."""
@@ -244,6 +251,11 @@ class SimConfig:
             errors.append(f"local_host = {self.local_host!r}: expected an IP address")
         if not 0 <= self.local_port < 65536:
             errors.append(f"local_port = {self.local_port!r}: expected 0-65535")
+        if self.position_form not in ("single", "list"):
+            errors.append(f"position_form = {self.position_form!r}: expected 'single' or 'list'")
+        if isinstance(self.alarm_interval, bool) or not isinstance(self.alarm_interval, int | float) \
+                or not 0.0 <= self.alarm_interval <= 86400:
+            errors.append(f"alarm_interval = {self.alarm_interval!r}: expected 0 (off) to 86400 seconds")
         errors += self._media_errors()
         if errors:
             raise ValueError("; ".join(errors))

@@ -28,11 +28,17 @@ Queries (``MESSAGE`` ``<Query>``: DeviceInfo, DeviceStatus, Catalog) are answere
 of ``CATALOG_WINDOW`` outstanding transactions). Test hooks make a device misbehave: ``catalog_shuffle``,
 ``catalog_duplicate``, ``wrong_password`` (attributes) and ``stop_keepalive()``.
 
-Catalog subscriptions: a ``SUBSCRIBE`` with ``Event: Catalog`` is answered ``200`` with the asked ``Expires`` (and a
-To tag and Contact: it creates a dialog), counted in ``catalog_subscribes`` (out of dialog) or ``catalog_refreshes``
-(in dialog, To tag present); ``subscribe_status`` (a test hook) answers with another status instead.
-``notify_catalog()`` reports a channel change (``<Notify><CmdType>Catalog`` with one Item and its ``<Event>``) in a
-``NOTIFY`` (``Event: Catalog``) or a ``MESSAGE``.
+Subscriptions and events (``gateway.sim.events``): each device's ``events`` (``DeviceEvents``) answers
+``SUBSCRIBE`` for ``Catalog``, ``Alarm`` and ``MobilePosition`` (others ``489``; ``refuse_events`` and, for
+Catalog, ``subscribe_status`` are test hooks answering another status) with ``200``, the asked ``Expires``, a To
+tag and Contact, and keeps one ``Subscription`` (the UAS dialog, expiry) per package in ``subscriptions``;
+``subscribes``/``refreshes``/``unsubscribes`` count them by package (the ``catalog_*`` attributes as before).
+``Expires: 0``, a lapsed subscription and ``notify_terminated()`` end one with a NOTIFY
+``terminated;reason=timeout``. Reports go in the subscription's dialog when there is one: ``notify_catalog()``
+(a channel change: ``<Notify><CmdType>Catalog`` with one Item and its ``<Event>``; NOTIFY, or ``form="MESSAGE"``),
+``raise_alarm()`` (``form="auto"``: NOTIFY in the Alarm dialog, else MESSAGE), and mobile positions, every
+``<Interval>`` seconds of the MobilePosition subscription in ``config.position_form`` (``send_positions()`` sends
+one report now; ``positions_sent`` keeps them). ``config.alarm_interval`` raises an alarm periodically.
 
 Media (``gateway.sim.media``): each device's ``media`` (``DeviceMedia``) answers INVITE, ACK and BYE for its
 channels and streams PS over RTP; the simulator routes ``RequestCancelled`` (CANCEL) to it.
@@ -40,7 +46,7 @@ channels and streams PS over RTP; the simulator routes ``RequestCancelled`` (CAN
 Control (``gateway.sim.control``): each device's ``control`` (``DeviceControlSim``) answers DeviceControl (PTZ on a
 virtual head per channel, presets, TeleBoot, Record/Guard/Alarm), DeviceConfig, PresetQuery and ConfigDownload.
 
-Extending (alarms): add a method to ``SimDevice.request_handlers`` (``"INVITE"``, ``"BYE"``...; the
+Extending: add a method to ``SimDevice.request_handlers`` (``"INVITE"``, ``"BYE"``...; the
 simulator routes every method of ``Simulator.ROUTED_METHODS``) or a ``(root, CmdType)`` to
 ``SimDevice.manscdp_handlers`` (``("control", "devicecontrol")``); send device-originated bodies with
 ``send_manscdp`` (``("Notify", "Alarm", fields)``) and run background work with ``spawn``.
@@ -65,6 +71,7 @@ from sip import manscdp
 from sip.digest import Challenge, authorization_for
 from sip.endpoint import Peer, RequestCancelled, RequestReceived, SipEvent, Transport
 from sip.errors import MalformedMessage, NotFound, UnsupportedMediaType
+from sip.events import MobilePosition
 from sip.message import NameAddr, SipRequest, SipResponse, SipUri, Via, build_request, build_response
 
 from .. import __version__
@@ -75,6 +82,7 @@ from ..sip_transport import SipServer, SipTimeout
 from .catalog import Item, catalog_ids, catalog_items, device_name, split_parts
 from .config import SimConfig, channel_id
 from .control import DeviceControlSim
+from .events import DeviceEvents, Subscription
 from .media import DeviceMedia
 
 __all__ = ["RegState", "SimConfig", "SimDevice", "Simulator"]
@@ -166,6 +174,8 @@ class SimDevice:
         """False after ``stop_keepalive()``: registered but silent."""
         self.subscribe_status = 200
         """Status answered to a catalog SUBSCRIBE (a 4xx tests the platform's handling of refusals)."""
+        self.refuse_events: dict[str, int] = {}
+        """Status answered to a SUBSCRIBE by event package, lower case (``{"mobileposition": 489}``: no support)."""
 
         # State, for tests and the CLI's status line.
         self.state = RegState.IDLE
@@ -197,10 +207,19 @@ class SimDevice:
         """Loop time the catalog subscription lapses (None: not subscribed; Expires 0 unsubscribes)."""
         self.catalog_subscribe_expires: int | None = None
         """The Expires of the last accepted catalog SUBSCRIBE."""
+        self.subscribes: Counter[str] = Counter()
+        """SUBSCRIBEs accepted out of dialog (new subscriptions), by package (``catalog``, ``alarm``...)."""
+        self.refreshes: Counter[str] = Counter()
+        """SUBSCRIBEs accepted in dialog (refreshes), by package."""
+        self.unsubscribes: Counter[str] = Counter()
+        """SUBSCRIBEs with ``Expires: 0`` accepted, by package."""
+        self.positions_sent: list[MobilePosition] = []
+        """Mobile position fixes reported (bounded to the last 1000)."""
+        self.alarms_raised = 0
+        """Alarms sent by ``raise_alarm`` (the scheduled ones included)."""
 
         # Extension points: method → handler, (root, CmdType) lower-cased → handler.
-        self.request_handlers: dict[str, RequestHandler] = {"MESSAGE": self._on_message,
-                                                            "SUBSCRIBE": self._on_subscribe}
+        self.request_handlers: dict[str, RequestHandler] = {"MESSAGE": self._on_message}
         self.manscdp_handlers: dict[tuple[str, str], ManscdpHandler] = {
             ("query", "deviceinfo"): self._on_device_info,
             ("query", "devicestatus"): self._on_device_status,
@@ -213,6 +232,8 @@ class SimDevice:
         self.keepalive_interval = config.keepalive_interval
         """Seconds between keepalives (DeviceConfig ``HeartBeatInterval`` changes it)."""
         self.control = DeviceControlSim(self)
+        # Subscriptions (gateway/sim/events.py): the SUBSCRIBE handler, in-dialog NOTIFYs, positions, alarms.
+        self.events = DeviceEvents(self)
 
         self._call_id = ""
         self._from_tag = ""
@@ -261,6 +282,7 @@ class SimDevice:
         self.failure = None
         self._main = asyncio.create_task(self._run(), name=f"sim.{self.device_id}.register")
         self._keepalive = asyncio.create_task(self._keepalive_loop(), name=f"sim.{self.device_id}.keepalive")
+        self.events.start()
 
     async def stop(self, unregister: bool = True) -> None:
         """Stop every task; unregister (``Expires: 0``) first if registered and ``unregister``."""
@@ -271,6 +293,7 @@ class SimDevice:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._main = self._keepalive = None
         self._tasks.clear()
+        self.events.reset()  # a stopped (rebooting) device forgets its subscriptions
         self._registered.clear()
         if unregister and was_registered:
             try:
@@ -346,13 +369,18 @@ class SimDevice:
         return await self.send_to_platform(self.platform_request("MESSAGE", body, MANSCDP))
 
     async def raise_alarm(self, priority: int, method: int, description: str = "", *,
-                          alarm_type: int | None = None, source_id: str | None = None, form: str = "MESSAGE",
+                          alarm_type: int | None = None, source_id: str | None = None, form: str = "auto",
                           alarm_time: str | None = None, longitude: float | None = None,
                           latitude: float | None = None) -> SipResponse | None:
         """Report an alarm (``<Notify><CmdType>Alarm``, GB/T 28181-2016 §9.4) from ``source_id`` (default the
-        first channel, else the device) in a ``MESSAGE`` or, with ``form="NOTIFY"``, a ``NOTIFY``
-        (``Event: Alarm``). Values are sent as given (tests send bad ones). Returns the final response, None on
-        timeout; the platform's separate Response lands in ``alarm_responses``."""
+        first channel, else the device). ``form``: ``"auto"`` sends a ``NOTIFY`` in the Alarm subscription's
+        dialog when subscribed, else a ``MESSAGE``; ``"MESSAGE"`` always a MESSAGE; ``"NOTIFY"`` a NOTIFY
+        (``Event: Alarm``), in the dialog when subscribed, else out of dialog. Values are sent as given (tests
+        send bad ones). Returns the final response, None on timeout; the platform's separate Response lands in
+        ``alarm_responses``."""
+        chosen = form.upper()
+        if chosen not in ("AUTO", "MESSAGE", "NOTIFY"):
+            raise ValueError(f"form must be auto, MESSAGE or NOTIFY, got {form!r}")
         if alarm_time is None:
             alarm_time = datetime.fromtimestamp(self.sim.wall()).strftime("%Y-%m-%dT%H:%M:%S")
         fields: list[manscdp.Field] = [
@@ -367,53 +395,51 @@ class SimDevice:
             fields.append(manscdp.element("Info", [manscdp.element("AlarmType", alarm_type)]))
         source = source_id or (self.channel_ids[0] if self.channel_ids else self.device_id)
         body = manscdp.encode("Notify", "Alarm", self.next_sn(), source, fields, encoding=self.config.charset)
-        if form.upper() == "NOTIFY":
-            request = self.platform_request("NOTIFY", body, MANSCDP,
-                                            headers=[("Event", "Alarm"), ("Subscription-State", "active")])
-        else:
-            request = self.platform_request("MESSAGE", body, MANSCDP)
-        return await self.send_to_platform(request)
+        self.alarms_raised += 1
+        return await self._report("alarm", "Alarm", body, chosen)
 
     async def notify_catalog(self, channel_id: str, event: str, *, form: str = "NOTIFY",
                              **fields: object) -> SipResponse | None:
         """Report a catalog change of ``channel_id`` (``<Notify><CmdType>Catalog``, one Item with ``<Event>`` and
-        ``fields`` such as ``Name``/``Status``) in a ``NOTIFY`` (``Event: Catalog``) or, with ``form="MESSAGE"``,
-        a ``MESSAGE``. Values are sent as given. Returns the final response, None on timeout."""
+        ``fields`` such as ``Name``/``Status``) in a ``NOTIFY`` (in the Catalog subscription's dialog when
+        subscribed, else out of dialog with ``Event: Catalog``) or, with ``form="MESSAGE"``, a ``MESSAGE``.
+        Values are sent as given. Returns the final response, None on timeout."""
         item = [manscdp.element("DeviceID", channel_id), manscdp.element("Event", event),
                 *(manscdp.element(name, value) for name, value in fields.items())]
         body = manscdp.encode("Notify", "Catalog", self.next_sn(), self.device_id, [
             ("SumNum", "1"), manscdp.element("DeviceList", [manscdp.element("Item", item)], Num=1),
         ], encoding=self.config.charset)
-        if form.upper() == "NOTIFY":
+        return await self._report("catalog", "Catalog", body, "MESSAGE" if form.upper() == "MESSAGE" else "NOTIFY")
+
+    async def _report(self, package: str, event: str, body: bytes, form: str) -> SipResponse | None:
+        """Send an event body: ``form`` AUTO/NOTIFY go in ``package``'s subscription dialog when there is one;
+        otherwise NOTIFY goes out of dialog (``Event: {event}``) and AUTO/MESSAGE as a MESSAGE."""
+        if form != "MESSAGE":
+            request = self.events.in_dialog(package, body)
+            if request is not None:
+                return await self.events.send(package, request)
+        if form == "NOTIFY":
             request = self.platform_request("NOTIFY", body, MANSCDP,
-                                            headers=[("Event", "Catalog"), ("Subscription-State", "active")])
+                                            headers=[("Event", event), ("Subscription-State", "active")])
         else:
             request = self.platform_request("MESSAGE", body, MANSCDP)
         return await self.send_to_platform(request)
 
-    def _on_subscribe(self, server: SipServer, ev: RequestReceived) -> None:
-        req = ev.request
-        event = (req.headers.get("event") or "").split(";", 1)[0].strip().lower()
-        if event != "catalog":
-            server.respond(build_response(req, 489, "Bad Event"))
-            return
-        if self.subscribe_status >= 300:
-            server.respond(build_response(req, self.subscribe_status))
-            return
-        expires = req.expires
-        expires = 3600 if expires is None else expires
-        in_dialog = req.to.tag is not None
-        if in_dialog:
-            self.catalog_refreshes += 1
-        else:
-            self.catalog_subscribes += 1
-        self.catalog_subscribe_expires = expires
-        now = asyncio.get_running_loop().time()
-        self.catalog_subscribed_until = now + expires if expires > 0 else None
-        self.log.info("catalog subscribed", expires=expires, refresh=in_dialog)
-        server.respond(build_response(req, 200, to_tag=server.endpoint.new_tag(), headers=[
-            ("Expires", str(expires)), ("Contact", str(self.sim.contact(self.device_id))),
-            ("User-Agent", USER_AGENT)]))
+    async def send_positions(self, form: str | None = None) -> SipResponse | None:
+        """One mobile position report of every channel now (``gateway.sim.events``): in the MobilePosition
+        subscription's dialog when subscribed, else MESSAGEs; ``form`` (``single``/``list``) overrides
+        ``config.position_form``. The worst final response, None if any went unanswered."""
+        return await self.events.send_positions(form)
+
+    async def notify_terminated(self, event: str, reason: str = "timeout") -> SipResponse | None:
+        """End the ``event`` (``"MobilePosition"``, ``"alarm"``...) subscription from the device side: a NOTIFY
+        ``Subscription-State: terminated;reason=...`` and the record dropped. None if not subscribed or no answer."""
+        return await self.events.notify_terminated(event, reason)
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """Live subscriptions by package (``catalog``, ``alarm``, ``mobileposition``)."""
+        return self.events.subscriptions
 
     def _on_alarm_response(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         self._ok(server, ev)
