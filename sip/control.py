@@ -24,7 +24,8 @@ What answers (§9.3.2): a device answers every MESSAGE ``200 OK`` at once. PTZ, 
 DragZoom and HomePosition get nothing more; RecordCmd, GuardCmd, AlarmCmd and DeviceConfig get a later
 ``<Response>`` MESSAGE with ``<Result>OK|ERROR</Result>`` (``parse_control_response``); the queries get
 their ``<Response>`` (``parse_preset_response``, ``parse_config_download_response``; a PresetQuery answer
-may come in several MESSAGEs sharing the SN, ``SumNum`` the total as for Catalog).
+may come in several MESSAGEs sharing the SN, ``SumNum`` the total as for Catalog: ``merge_preset_responses``
+joins them, deduplicated by PresetID).
 
 Inputs are validated before anything is built; a refusal is a ``ControlError`` (a ``ValueError``, and an
 ``InvalidBody`` so a relayed command answers 400) with an exact message. A PTZCmd goes through
@@ -36,7 +37,7 @@ hands to handlers); hostile XML is refused by ``manscdp.decode`` (``InvalidBody`
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -65,6 +66,7 @@ __all__ = [
     "guard_control",
     "home_position",
     "iframe_request",
+    "merge_preset_responses",
     "parse_config_download_response",
     "parse_control_response",
     "parse_preset_response",
@@ -380,6 +382,11 @@ class PresetList:
     num: int | None  # <PresetList Num=...>: presets in this part, as the device claims
     presets: tuple[Preset, ...]
 
+    @property
+    def complete(self) -> bool:
+        """Nothing more to wait for: the presets reach ``SumNum``, or there is no ``SumNum`` to reach."""
+        return self.sum_num is None or len(self.presets) >= self.sum_num
+
 
 def parse_preset_response(body: bytes | ManscdpDocument) -> PresetList:
     """``<PresetList Num="n"><Item><PresetID>1</PresetID><PresetName>...</PresetName></Item>...``.
@@ -404,6 +411,34 @@ def parse_preset_response(body: bytes | ManscdpDocument) -> PresetList:
         name = item.child("PresetName")
         presets.append(Preset(int(text), name.text.strip() if name is not None else ""))
     return PresetList(doc.sn, doc.device_id, sum_num, num, tuple(presets))
+
+
+def merge_preset_responses(parts: Iterable[bytes | ManscdpDocument | PresetList]) -> PresetList:
+    """The parts of one PresetQuery answer (several ``<Response>`` sharing the SN) as one ``PresetList``.
+
+    Presets are deduplicated by PresetID (the first name seen wins) and sorted by it, so repeated and
+    out-of-order parts merge to the same list. ``sum_num`` is the largest ``SumNum`` a part claims (None if
+    none does: ``complete`` is then true), ``num`` the distinct presets merged. Every part must parse and share
+    the SN and DeviceID of the first; ``ControlError`` otherwise, and for no parts at all.
+    """
+    merged: PresetList | None = None
+    sum_num: int | None = None
+    by_id: dict[int, Preset] = {}
+    for index, part in enumerate(parts, 1):
+        found = part if isinstance(part, PresetList) else parse_preset_response(part)
+        if merged is None:
+            merged = found
+        elif (found.sn, found.device_id) != (merged.sn, merged.device_id):
+            raise ControlError(f"PresetQuery part {index} is SN {found.sn} of {found.device_id[:40]!r}, "
+                               f"expected SN {merged.sn} of {merged.device_id[:40]!r}")
+        if found.sum_num is not None:
+            sum_num = found.sum_num if sum_num is None else max(sum_num, found.sum_num)
+        for preset in found.presets:
+            by_id.setdefault(preset.preset_id, preset)
+    if merged is None:
+        raise ControlError("no PresetQuery parts to merge")
+    presets = tuple(by_id[key] for key in sorted(by_id))
+    return PresetList(merged.sn, merged.device_id, sum_num, len(presets), presets)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 
 import pytest
@@ -325,6 +326,81 @@ def test_preset_response_edge_shapes() -> None:
         '<PresetList Num="5">', "<Item>", "<PresetID> 4 </PresetID>", "<PresetName> A&amp;B </PresetName>",
         "<Extra>1</Extra>", "</Item>", "</PresetList>"]))
     assert miscounted == PresetList(3, IPC, None, 5, (Preset(4, "A&B"),))
+
+
+# --- PresetQuery answers in parts ----------------------------------------------------------------------
+
+
+def preset_part(ids: list[int], sum_num: int | None, *, sn: int = 3, device_id: str = IPC,
+                name: str = "P{}") -> bytes:
+    """One PresetQuery Response part carrying ``ids`` (Num = their count), written out by hand."""
+    lines = [f"<SumNum>{sum_num}</SumNum>"] if sum_num is not None else []
+    lines.append(f'<PresetList Num="{len(ids)}">')
+    for i in ids:
+        lines += ["<Item>", f"<PresetID>{i}</PresetID>", f"<PresetName>{name.format(i)}</PresetName>", "</Item>"]
+    lines.append("</PresetList>")
+    return expected("Response", "PresetQuery", sn, device_id, lines, "UTF-8")
+
+
+def test_merge_preset_parts_out_of_order_and_repeated() -> None:
+    first, second, third = preset_part([1, 2, 3], 7), preset_part([4, 5, 6], 7), preset_part([7], 7)
+    merged = control.merge_preset_responses([third, first, third, second])
+    assert merged == PresetList(3, IPC, 7, 7, tuple(Preset(i, f"P{i}") for i in range(1, 8)))
+    assert merged.complete
+    # Bytes, decoded documents and parsed lists mix; the merge of one part is that part (Num recounted).
+    assert control.merge_preset_responses([manscdp.decode(first), control.parse_preset_response(second),
+                                           third]) == merged
+    assert control.merge_preset_responses([first]) == PresetList(3, IPC, 7, 3, (Preset(1, "P1"), Preset(2, "P2"),
+                                                                                 Preset(3, "P3")))
+
+
+def test_merge_preset_parts_incomplete_duplicates_and_counts() -> None:
+    missing = control.merge_preset_responses([preset_part([1, 2], 5), preset_part([5], 5)])
+    assert (missing.sum_num, missing.num, missing.complete) == (5, 3, False)
+    assert [p.preset_id for p in missing.presets] == [1, 2, 5]
+    # The same PresetID in two parts counts once, the first name wins: 3 distinct of SumNum 4 is not complete.
+    dup = control.merge_preset_responses([preset_part([1, 2], 4), preset_part([2, 3], 4, name="Q{}")])
+    assert dup.presets == (Preset(1, "P1"), Preset(2, "P2"), Preset(3, "Q3")) and not dup.complete
+    # Parts disagreeing on SumNum: the largest is kept (not complete before it is reached).
+    assert control.merge_preset_responses([preset_part([1], 1), preset_part([2], 3)]).sum_num == 3
+    # No SumNum anywhere (an NVR): nothing to wait for.
+    bare = control.merge_preset_responses([preset_part([9, 8], None)])
+    assert bare == PresetList(3, IPC, None, 2, (Preset(8, "P8"), Preset(9, "P9"))) and bare.complete
+    # SumNum 0 and no PresetList: complete and empty.
+    empty = control.merge_preset_responses([response("PresetQuery", ["<SumNum>0</SumNum>"])])
+    assert empty == PresetList(3, IPC, 0, 0, ()) and empty.complete
+    assert PresetList(3, IPC, 2, 2, (Preset(1, ""),)).complete is False  # Num as claimed; presets counted
+
+
+@pytest.mark.parametrize(("parts", "message"), [
+    ([], "no PresetQuery parts to merge"),
+    ([preset_part([1], 2), preset_part([2], 2, sn=4)],
+     f"PresetQuery part 2 is SN 4 of '{IPC}', expected SN 3 of '{IPC}'"),
+    ([preset_part([1], 2), preset_part([2], 2, device_id=CHANNEL)],
+     f"PresetQuery part 2 is SN 3 of '{CHANNEL}', expected SN 3 of '{IPC}'"),
+    ([preset_part([1], 2), response("PresetQuery", ['<PresetList Num="1">', "<Item></Item>", "</PresetList>"])],
+     "PresetList item 1 lacks <PresetID>"),
+    ([preset_part([1], 2), response("DeviceControl", ["<Result>OK</Result>"])],
+     "expected CmdType PresetQuery, got 'DeviceControl'"),
+])
+def test_merge_preset_parts_refused(parts: list[bytes], message: str) -> None:
+    with pytest.raises(ControlError) as info:
+        control.merge_preset_responses(parts)
+    assert info.value.reason == message
+
+
+@FUZZ
+@given(st.lists(st.integers(1, 255), unique=True, max_size=40), st.integers(1, 12), st.randoms(use_true_random=False),
+       st.integers(0, 3))
+def test_merge_any_split_order_and_repeats(ids: list[int], per: int, rng: random.Random, repeats: int) -> None:
+    parts = [preset_part(ids[i:i + per], len(ids)) for i in range(0, len(ids), per)] or [preset_part([], 0)]
+    sent = parts + [rng.choice(parts) for _ in range(repeats)]
+    rng.shuffle(sent)
+    merged = control.merge_preset_responses(sent)
+    assert merged == PresetList(3, IPC, len(ids), len(ids), tuple(Preset(i, f"P{i}") for i in sorted(ids)))
+    assert merged.complete
+    if len(parts) > 1:
+        assert not control.merge_preset_responses(parts[1:]).complete
 
 
 BAD_ANSWERS: list[tuple[Callable[[bytes], object], bytes, type[Exception], str]] = [

@@ -4,14 +4,23 @@ sockets to the simulator (``gateway.control``, ``gateway.sim.control``)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from gw_util import running_gateway
-from test_api import Http
+from test_api import Http, metric
 from test_streams import config, started, wait_until
 
-from gateway.control import ControlFailed, DeviceControl
+from gateway import metrics
+from gateway.control import (
+    _COMMAND_FIELDS,
+    _PTZ_BUILD,
+    _PTZ_FIELDS,
+    _PTZ_REQUIRED,
+    ControlFailed,
+    DeviceControl,
+)
 from sip import manscdp
 from sip.ptz import PtzCommand
 
@@ -226,6 +235,192 @@ async def test_commands_reboot_and_config_round_trip(tmp_path: Path) -> None:
             assert manscdp.decode(dev.control.bodies[-1]).text("TeleBoot") == "Boot"
             await wait_until(lambda: dev.control.reboots == 1 and dev.registrations > registrations, 5)
             assert dev.registered
+        finally:
+            await http.close()
+            await sim.stop()
+
+
+async def test_cruise_scan_and_aux(tmp_path: Path) -> None:
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw, channels=1)
+        http = Http(gw.http.port)
+        try:
+            dev = sim.devices[0]
+            ch = dev.channel_ids[0]
+            url = f"/api/v1/channels/{dev.device_id}/{ch}/ptz"
+            head = dev.control.head(ch)
+
+            async def ptz(body: dict[str, object], expect: str) -> None:
+                """POST ``body``; the PTZCmd hand-computed (byte 8 = sum of bytes 1..7 mod 256) reaches the
+                device as answered."""
+                status, answer, _ = await http.request("POST", url, json=body)
+                assert status == 200, (body, answer)
+                assert answer["ptz_cmd"] == expect and answer["status"] == "accepted", answer
+                assert dev.control.ptz_log[-1] == expect
+
+            # Presets 1 here, 5 at pan 0x40: the cruise's points.
+            await ptz({"action": "preset_set", "preset": 1}, "A50F018100010037")
+            await ptz({"action": "move", "pan": 1, "speed": 0x40}, "A50F0101400000F6")
+            await ptz({"action": "preset_set", "preset": 5}, "A50F01810005003B")
+            # Cruise 2: points 1 and 5 (0x84: A5+0F+01+84+02+05 = 0x140 -> 40), speed 0x123 (low byte 23, high
+            # nibble 1 in byte 7: 10), dwell 30 s (1E).
+            await ptz({"action": "cruise_add", "group": 2, "preset": 1}, "A50F01840201003C")
+            await ptz({"action": "cruise_add", "group": 2, "preset": 5}, "A50F018402050040")
+            await ptz({"action": "cruise_speed", "group": 2, "speed": 0x123}, "A50F018602231070")
+            await ptz({"action": "cruise_dwell", "group": 2, "seconds": 30}, "A50F0187021E005C")
+            cruise = head.cruises[2]
+            assert (cruise.points, cruise.speed, cruise.dwell) == ([1, 5], 0x123, 30)
+            assert head.cruising is None
+            # Start: the head goes to the first point and cruises until a stop.
+            await ptz({"action": "cruise_start", "group": 2}, "A50F01880200003F")
+            assert head.cruising == 2 and head.position == (0, 0, 0)
+            await ptz({"action": "stop"}, "A50F0100000000B5")
+            assert head.cruising is None
+            # Delete point 5, then the whole cruise (preset 0).
+            await ptz({"action": "cruise_delete", "group": 2, "preset": 5}, "A50F018502050041")
+            assert head.cruises[2].points == [1]
+            await ptz({"action": "cruise_delete", "group": 2, "preset": 0}, "A50F01850200003C")
+            assert 2 not in head.cruises
+            # Scan 1: left edge here (pan 0), right edge at pan 0x20, speed 4095 (FF, F0), start, stop.
+            await ptz({"action": "scan_left", "group": 1}, "A50F018901010040")
+            await ptz({"action": "move", "pan": 1, "speed": 0x20}, PtzCommand.move(pan=1, pan_speed=0x20).encode())
+            await ptz({"action": "scan_right", "group": 1}, "A50F018901020041")
+            await ptz({"action": "scan_speed", "group": 1, "speed": 4095}, "A50F018A01FFF02F")
+            scan = head.scans[1]
+            assert (scan.left, scan.right, scan.speed) == (0, 0x20, 4095) and head.scanning is None
+            await ptz({"action": "scan_start", "group": 1}, "A50F01890100003F")
+            assert head.scanning == 1
+            await ptz({"action": "stop"}, "A50F0100000000B5")
+            assert head.scanning is None and head.moving == (0, 0, 0)
+            # Auxiliary switch 1 (the wiper) on and off.
+            await ptz({"action": "aux", "switch": 1, "on": True}, "A50F018C01000042")
+            assert head.aux == {1: True}
+            await ptz({"action": "aux", "switch": 1, "on": False}, "A50F018D01000043")
+            assert head.aux == {1: False}
+            # Missing and out-of-range fields: 400 with sip.ptz's exact reason; nothing reaches the device.
+            sent = len(dev.control.bodies)
+            for body, reason in (
+                ({"action": "cruise_add", "preset": 1}, "field 'group' is required for cruise_add (0..255)"),
+                ({"action": "cruise_add", "group": 1}, "field 'preset' is required for cruise_add (1..255)"),
+                ({"action": "cruise_add", "group": 256, "preset": 1}, "cruise group must be 0..255, got 256"),
+                ({"action": "cruise_add", "group": 1, "preset": 0}, "preset must be 1..255, got 0"),
+                ({"action": "cruise_delete", "group": 1},
+                 "field 'preset' is required for cruise_delete (0..255, 0: the whole cruise)"),
+                ({"action": "cruise_delete", "group": 1, "preset": 256}, "preset must be 0..255, got 256"),
+                ({"action": "cruise_speed", "group": 1}, "field 'speed' is required for cruise_speed (0..4095)"),
+                ({"action": "cruise_speed", "group": 1, "speed": 4096}, "cruise speed must be 0..4095, got 4096"),
+                ({"action": "cruise_dwell", "group": 1}, "field 'seconds' is required for cruise_dwell (0..4095)"),
+                ({"action": "cruise_dwell", "group": 1, "seconds": -1}, "dwell time must be 0..4095, got -1"),
+                ({"action": "cruise_start"}, "field 'group' is required for cruise_start (0..255)"),
+                ({"action": "scan_start", "group": -1}, "scan group must be 0..255, got -1"),
+                ({"action": "scan_left"}, "field 'group' is required for scan_left (0..255)"),
+                ({"action": "scan_right", "group": 300}, "scan group must be 0..255, got 300"),
+                ({"action": "scan_speed", "group": 1}, "field 'speed' is required for scan_speed (0..4095)"),
+                ({"action": "scan_speed", "group": 1, "speed": 5000}, "scan speed must be 0..4095, got 5000"),
+                ({"action": "scan_start", "group": 1, "speed": 3},
+                 "unknown field(s) speed: expected group"),
+                ({"action": "aux", "switch": 1}, "field 'on' is required for aux (true or false)"),
+                ({"action": "aux", "on": True}, "field 'switch' is required for aux (0..255)"),
+                ({"action": "aux", "switch": 256, "on": True}, "switch must be 0..255, got 256"),
+                ({"action": "aux", "switch": 1, "on": 1}, "field 'on' must be bool, not int"),
+                ({"action": "cruise_start", "group": "2"}, "field 'group' must be int, not str"),
+            ):
+                status, answer, _ = await http.request("POST", url, json=body)
+                assert status == 400 and answer["error"]["reason"] == reason, (body, answer)
+            assert len(dev.control.bodies) == sent
+        finally:
+            await http.close()
+            await sim.stop()
+
+
+async def test_presets_in_parts(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg = replace(cfg, devices=replace(cfg.devices, query_timeout=1))
+    async with running_gateway(cfg) as gw:
+        sim = await started(gw, channels=1)
+        http = Http(gw.http.port)
+        try:
+            dev = sim.devices[0]
+            ch = dev.channel_ids[0]
+            base = f"/api/v1/channels/{dev.device_id}/{ch}"
+            head = dev.control.head(ch)
+            # 24 presets straight on the head, the 25th over REST: 3 parts of 10, 10 and 5.
+            head.presets.update({i: (i, 0, 0) for i in range(1, 25)})
+            assert (await http.request("POST", f"{base}/ptz", json={"action": "preset_set", "preset": 25}))[0] == 200
+            assert dev.control.presets_per_message == 10
+            assert [len(el.children) for _, el in dev.control.preset_parts(ch)
+                    if isinstance(el, manscdp.Element)] == [10, 10, 5]
+            want = [{"preset_id": i, "name": f"Preset {i}"} for i in range(1, 26)]
+            sent = dev.control.preset_parts_sent
+            status, body, _ = await http.get(f"{base}/presets")
+            assert status == 200, body
+            assert body == {"device_id": dev.device_id, "channel_id": ch, "sum_num": 25, "complete": True,
+                            "parts": 3, "presets": want}
+            assert dev.control.preset_parts_sent == sent + 3
+            # Out of order, one part twice: the same 25 once each.
+            dev.control.preset_parts_order = [2, 0, 2, 1]
+            status, body, _ = await http.get(f"{base}/presets")
+            assert status == 200 and body["complete"] is True and body["presets"] == want, body
+            assert body["parts"] == 4
+            # The middle part lost: after devices.query_timeout (1 s here) what came, marked incomplete.
+            dev.control.preset_parts_order = [0, 2]
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            status, body, _ = await http.get(f"{base}/presets")
+            assert status == 200, body
+            assert 0.9 < loop.time() - t0 < 3
+            assert (body["complete"], body["sum_num"], body["parts"]) == (False, 25, 2)
+            assert [p["preset_id"] for p in body["presets"]] == [*range(1, 11), *range(21, 26)]
+            # No part at all: 504.
+            dev.control.preset_parts_order = []
+            status, body, _ = await http.get(f"{base}/presets")
+            assert status == 504 and "no answer" in body["error"]["reason"], body
+            # Fewer than 10 presets: one part, as before.
+            dev.control.preset_parts_order = None
+            head.presets = {3: (0, 0, 0)}
+            status, body, _ = await http.get(f"{base}/presets")
+            assert (status, body["parts"], body["complete"], body["presets"]) == (
+                200, 1, True, [{"preset_id": 3, "name": "Preset 3"}])
+        finally:
+            await http.close()
+            await sim.stop()
+
+
+def test_metric_command_table_matches_the_routes() -> None:
+    assert list(_PTZ_FIELDS) == list(metrics.CONTROL_PTZ_ACTIONS) == list(_PTZ_BUILD)
+    assert set(_PTZ_REQUIRED) <= set(_PTZ_FIELDS)
+    assert list(_COMMAND_FIELDS) == list(metrics.CONTROL_DEVICE_COMMANDS)
+    results = {ControlFailed(status, "x").result for status in (400, 404, 409, 502, 503, 504)}
+    assert results | {"ok", "accepted", "refused"} == set(metrics.CONTROL_RESULTS)
+
+
+async def test_control_metrics(tmp_path: Path) -> None:
+    async with running_gateway(config(tmp_path)) as gw:
+        sim = await started(gw, channels=1)
+        http = Http(gw.http.port)
+        try:
+            dev = sim.devices[0]
+            ch = dev.channel_ids[0]
+            base = f"/api/v1/channels/{dev.device_id}/{ch}"
+            accepted = 'command="cruise_start",result="accepted"'
+            bad = 'command="cruise_start",result="bad_request"'
+            preset_ok = 'command="preset_query",result="ok"'
+            _, text, _ = await http.get("/metrics")
+            before = {labels: metric(text, "gb28181_control_requests_total", labels) or 0.0
+                      for labels in (accepted, bad, preset_ok)}
+            count = metric(text, "gb28181_control_duration_seconds_count", 'command="cruise_start"') or 0.0
+            # Failure series exist before the first failure.
+            assert metric(text, "gb28181_control_requests_total", 'command="aux",result="timeout"') is not None
+            assert (await http.request("POST", f"{base}/ptz", json={"action": "cruise_start", "group": 1}))[0] == 200
+            assert (await http.request("POST", f"{base}/ptz", json={"action": "cruise_start"}))[0] == 400
+            assert (await http.request("POST", f"{base}/ptz", json={"action": "spin"}))[0] == 400  # not counted
+            assert (await http.get(f"{base}/presets"))[0] == 200
+            _, text, _ = await http.get("/metrics")
+            assert metric(text, "gb28181_control_duration_seconds_count", 'command="cruise_start"') == count + 2
+            assert metric(text, "gb28181_control_requests_total", accepted) == before[accepted] + 1
+            assert metric(text, "gb28181_control_requests_total", bad) == before[bad] + 1
+            assert metric(text, "gb28181_control_requests_total", preset_ok) == before[preset_ok] + 1
+            assert 'command="spin"' not in text
         finally:
             await http.close()
             await sim.stop()

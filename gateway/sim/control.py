@@ -13,12 +13,19 @@ Each ``SimDevice`` has one ``DeviceControlSim`` (``device.control``) which adds 
   ``TeleBoot`` reboots the device after ``REBOOT_DELAY`` (stop without unregistering, then boot: a new
   registration). ``RecordCmd``, ``GuardCmd`` and ``AlarmCmd`` change ``recording``/``guard`` and get a
   ``<Response>`` ``Result OK``; PTZ, TeleBoot, IFameCmd, HomePosition and DragZoom get nothing more (§9.3.2).
-* ``<Query> PresetQuery``: the channel's presets (``<PresetList Num>``, ``<SumNum>``), one part.
+* Cruise and scan (附录 A.3.5, A.3.6): cruise groups collect points (presets), speed and dwell time
+  (``PtzState.cruises``); cruise start goes to the first point and sets ``cruising``; scan edges are the pan
+  position when set, scan start sets ``scanning``; any PTZ command (stop included) ends both. Auxiliary switches
+  on/off are kept in ``PtzState.aux``.
+* ``<Query> PresetQuery``: the channel's presets (``<PresetList Num>``, ``<SumNum>`` the total), in parts of
+  ``presets_per_message`` (default 10: 25 presets answer in 3 MESSAGEs with the query's SN), sent one after the
+  other.
 * ``<Control> DeviceConfig``: ``<BasicParam>`` is applied (``Name`` renames the device, ``HeartBeatInterval``
   changes the keepalive period, ``Expiration``/``HeartBeatCount`` are kept) and answered ``Result OK``.
 * ``<Query> ConfigDownload``: ``<BasicParam>`` as it is now (other config types are not simulated: left out).
 
-Misbehaviour hook (tests): ``silent = True`` answers ``200 OK`` but never sends the ``<Response>``.
+Misbehaviour hooks (tests): ``silent = True`` answers ``200 OK`` but never sends the ``<Response>``;
+``preset_parts_order`` picks which PresetQuery parts are sent, in which order (drop, repeat, reorder).
 """
 
 from __future__ import annotations
@@ -29,48 +36,111 @@ from typing import TYPE_CHECKING, Any
 
 from sip import manscdp
 from sip.endpoint import RequestReceived
-from sip.ptz import PtzCommand, PtzOp
+from sip.ptz import PtzCommand, PtzOp, ScanAction
 
 from ..sip_transport import SipServer
 
 if TYPE_CHECKING:
     from .device import SimDevice
 
-__all__ = ["REBOOT_DELAY", "DeviceControlSim", "PtzState"]
+__all__ = ["PRESETS_PER_MESSAGE", "REBOOT_DELAY", "Cruise", "DeviceControlSim", "PtzState", "Scan"]
 
 REBOOT_DELAY = 0.2
 """Seconds between a TeleBoot and the device going down (it then registers again at once)."""
+PRESETS_PER_MESSAGE = 10
+"""Presets per PresetQuery ``<Response>`` part (``DeviceControlSim.presets_per_message``'s default)."""
+
+
+@dataclass(slots=True)
+class Cruise:
+    """One cruise group (附录 A.3.5): its points (presets, in the order added), speed and dwell time (s)."""
+
+    points: list[int] = field(default_factory=list)
+    speed: int = 0
+    dwell: int = 0
+
+
+@dataclass(slots=True)
+class Scan:
+    """One scan group (附录 A.3.6): its left and right edges (pan positions, None until set) and speed."""
+
+    left: int | None = None
+    right: int | None = None
+    speed: int = 0
 
 
 @dataclass(slots=True)
 class PtzState:
-    """One channel's virtual PTZ head: integer position, the motion in progress, the presets."""
+    """One channel's virtual PTZ head: integer position, the motion in progress, presets, cruise and scan groups,
+    what runs (``cruising``/``scanning``: the group, ended by any PTZ command, stop included) and the auxiliary
+    switches (``aux``: switch -> on)."""
 
     pan: int = 0
     tilt: int = 0
     zoom: int = 0
     moving: tuple[int, int, int] = (0, 0, 0)  # pan, tilt, zoom directions of the last PTZ command
     presets: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    cruises: dict[int, Cruise] = field(default_factory=dict)
+    scans: dict[int, Scan] = field(default_factory=dict)
+    cruising: int | None = None
+    scanning: int | None = None
+    aux: dict[int, bool] = field(default_factory=dict)
 
     @property
     def position(self) -> tuple[int, int, int]:
         return (self.pan, self.tilt, self.zoom)
 
     def apply(self, cmd: PtzCommand) -> None:
-        if cmd.op is PtzOp.PTZ:
+        op = cmd.op
+        if op is PtzOp.PTZ:
             self.moving = (cmd.pan, cmd.tilt, cmd.zoom)
             self.pan += cmd.pan * cmd.data1
             self.tilt += cmd.tilt * cmd.data2
             self.zoom += cmd.zoom * cmd.data3
-        elif cmd.op is PtzOp.PRESET_SET:
+            self.cruising = self.scanning = None  # a PTZ stop (or a manual move) ends a cruise or scan
+        elif op is PtzOp.PRESET_SET:
             self.presets[cmd.data2] = self.position
-        elif cmd.op is PtzOp.PRESET_CALL:
-            stored = self.presets.get(cmd.data2)
-            if stored is not None:
-                self.pan, self.tilt, self.zoom = stored
-                self.moving = (0, 0, 0)
-        elif cmd.op is PtzOp.PRESET_DELETE:
+        elif op is PtzOp.PRESET_CALL:
+            self._go(cmd.data2)
+        elif op is PtzOp.PRESET_DELETE:
             self.presets.pop(cmd.data2, None)
+        elif op is PtzOp.CRUISE_ADD:
+            self.cruises.setdefault(cmd.data1, Cruise()).points.append(cmd.data2)
+        elif op is PtzOp.CRUISE_DELETE:
+            if cmd.data2 == 0:  # the whole cruise (as WVP sends it)
+                self.cruises.pop(cmd.data1, None)
+                if self.cruising == cmd.data1:
+                    self.cruising = None
+            elif (cruise := self.cruises.get(cmd.data1)) is not None:
+                cruise.points = [p for p in cruise.points if p != cmd.data2]
+        elif op is PtzOp.CRUISE_SPEED:
+            self.cruises.setdefault(cmd.data1, Cruise()).speed = cmd.value or 0
+        elif op is PtzOp.CRUISE_DWELL:
+            self.cruises.setdefault(cmd.data1, Cruise()).dwell = cmd.value or 0
+        elif op is PtzOp.CRUISE_START:
+            cruise = self.cruises.get(cmd.data1)
+            if cruise is not None and cruise.points:  # a cruise without points does nothing
+                self.cruising, self.scanning = cmd.data1, None
+                self._go(cruise.points[0])
+        elif op is PtzOp.SCAN:
+            action = ScanAction(cmd.data2)
+            if action is ScanAction.START:
+                self.scanning, self.cruising = cmd.data1, None
+                self.scans.setdefault(cmd.data1, Scan())
+            elif action is ScanAction.SET_LEFT:
+                self.scans.setdefault(cmd.data1, Scan()).left = self.pan
+            else:
+                self.scans.setdefault(cmd.data1, Scan()).right = self.pan
+        elif op is PtzOp.SCAN_SPEED:
+            self.scans.setdefault(cmd.data1, Scan()).speed = cmd.value or 0
+        elif op in (PtzOp.AUX_ON, PtzOp.AUX_OFF):
+            self.aux[cmd.data1] = op is PtzOp.AUX_ON
+
+    def _go(self, preset: int) -> None:
+        stored = self.presets.get(preset)
+        if stored is not None:
+            self.pan, self.tilt, self.zoom = stored
+            self.moving = (0, 0, 0)
 
 
 class DeviceControlSim:
@@ -80,6 +150,13 @@ class DeviceControlSim:
         self.device = device
         self.silent = False
         """Test hook: answer 200 OK but never send the ``<Response>``."""
+        self.presets_per_message = PRESETS_PER_MESSAGE
+        """Presets per PresetQuery answer part: 25 presets answer in 3 MESSAGEs at the default 10."""
+        self.preset_parts_order: list[int] | None = None
+        """Test hook: the PresetQuery parts to send, by index, in this order (repeats are sent twice, missing ones
+        withheld); None sends every part in order."""
+        self.preset_parts_sent = 0
+        """PresetQuery answer parts sent (and accepted or not)."""
         self.bodies: list[bytes] = []
         """Every DeviceControl/DeviceConfig body received, as received (bounded to the last 1000)."""
         self.ptz_log: list[str] = []
@@ -163,9 +240,38 @@ class DeviceControlSim:
 
     def _on_preset_query(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         self.device._ok(server, ev)
-        presets = sorted(self.head(doc.device_id).presets)
-        items = [manscdp.element("Item", [("PresetID", str(p)), ("PresetName", f"Preset {p}")]) for p in presets]
-        self._respond(doc, [("SumNum", str(len(presets))), manscdp.element("PresetList", items, Num=len(items))])
+        if self.silent:
+            self.device.log.info("control answer withheld (silent)", cmd_type=doc.cmd_type, sn=doc.sn)
+            return
+        self.device.spawn(self._answer_presets(doc, self.preset_parts(doc.device_id)))
+
+    def preset_parts(self, target_id: str) -> list[list[manscdp.Field]]:
+        """The fields of each PresetQuery Response part for ``target_id``'s presets, in order:
+        ``presets_per_message`` presets each (an empty list is one part), ``<SumNum>`` the total in every part."""
+        presets = sorted(self.head(target_id).presets)
+        step = max(1, self.presets_per_message)
+        chunks = [presets[i:i + step] for i in range(0, len(presets), step)] or [[]]
+        return [[("SumNum", str(len(presets))), manscdp.element("PresetList", [
+                    manscdp.element("Item", [("PresetID", str(p)), ("PresetName", f"Preset {p}")]) for p in chunk
+                ], Num=len(chunk))] for chunk in chunks]
+
+    async def _answer_presets(self, query: manscdp.ManscdpDocument, parts: list[list[manscdp.Field]]) -> None:
+        """Send the parts one after the other (each waits for its 200 OK), as ``preset_parts_order`` says."""
+        device = self.device
+        order = self.preset_parts_order
+        accepted = True
+        for index in range(len(parts)) if order is None else order:
+            if not 0 <= index < len(parts):
+                continue
+            resp = await device.send_manscdp("Response", query.cmd_type, parts[index], sn=query.sn,
+                                             device_id=device._target(query))
+            self.preset_parts_sent += 1
+            if resp is None or resp.status >= 300:
+                accepted = False
+                device.log.warning("preset part not accepted", sn=query.sn, part=index,
+                                   status=resp.status if resp is not None else None)
+        if accepted:
+            device.queries[query.cmd_type] += 1  # one answered query, as for Catalog
 
     def _on_config_download(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         device = self.device
