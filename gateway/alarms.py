@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A device reports an alarm (GB/T 28181-2016 §9.4) in a ``MESSAGE`` (or, under a subscription, a ``NOTIFY``) whose
+A device reports an alarm (GB/T 28181-2016 §9.4) in a ``MESSAGE`` (or, under the alarm subscription
+``gateway.subscriptions`` keeps with every device, a ``NOTIFY``, routed here by its body) whose
 body is ``<Notify><CmdType>Alarm</CmdType>`` with ``DeviceID`` (the alarm source, often a channel or an alarm
 input), ``AlarmPriority`` (1-4), ``AlarmMethod`` (1 phone, 2 device, 3 SMS, 4 GPS, 5 video, 6 fault, 7 other),
 ``AlarmTime``, optional ``AlarmDescription``, ``Longitude``/``Latitude`` and ``Info/AlarmType``.
@@ -23,6 +24,19 @@ input), ``AlarmPriority`` (1-4), ``AlarmMethod`` (1 phone, 2 device, 3 SMS, 4 GP
   ``devices.alarm_retention`` rows) and published to every Server-Sent Events subscriber. Each subscriber has a
   bounded queue; one that falls :data:`SUBSCRIBER_QUEUE` alarms behind is dropped (its stream ends), never
   buffered without bound.
+* Replay (SSE ``Last-Event-ID``): every stream event carries ``id: <alarm id>``, so a client that reconnects
+  says which alarm it saw last. ``gateway.api`` subscribes FIRST, then calls :meth:`AlarmService.replay`, which
+  reads the store (``Store.alarms`` writes the pending, write-behind alarms before it queries, so an alarm
+  published a moment ago is there). The replay is the stored alarms with an id above the client's, oldest
+  first, at most :data:`REPLAY_LIMIT` (the newest of them); if more were missed (or deleted by retention
+  meanwhile) ``skipped`` says how many come before the first replayed one (ids are consecutive: only accepted
+  alarms take one). ``floor`` is the newest stored id when read: live alarms queued meanwhile with an id up to it
+  were in the replay (or seen by the client), and are dropped, so nothing is sent twice and nothing falls
+  between the replay and the live alarms. A ``Last-Event-ID`` above every stored id (the client saw the newest,
+  or the database was replaced) replays nothing and every live alarm follows.
+* Reload (SIGHUP, ``Gateway.reload``): :meth:`AlarmService.reconfigure` applies a new ``devices.alarm_rate`` to
+  the next alarm (the per-device buckets are dropped; a device's next alarm makes its bucket again, full, at the
+  new rate) and a new ``devices.alarm_retention`` to the store's next write (which trims the table to it).
 """
 
 from __future__ import annotations
@@ -31,20 +45,20 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
 
 from sip import manscdp
 from sip.endpoint import RequestReceived
-from sip.errors import MalformedMessage, RemoteProtocolError, UnsupportedMediaType
+from sip.errors import MalformedMessage
 from sip.message import build_response
 
 from . import metrics
 from .config import Config
 from .devices import MANSCDP, DeviceRegistry, QueryFailed, TokenBucket
-from .sip_router import MANSCDP_TYPE, SipRouter
+from .sip_router import SipRouter
 from .sip_transport import SipServer, SipTimeout
 from .store import AlarmRecord, Store
 
@@ -56,16 +70,13 @@ SUBSCRIBER_QUEUE = 256
 SUPPRESSED_LOG_PERIOD = 10.0
 """Seconds between the "alarms suppressed" log lines of a device (and between idle bucket clean-ups)."""
 
+REPLAY_LIMIT = 1000
+"""Missed alarms a reconnecting SSE client (``Last-Event-ID``) is sent at most: the newest of them."""
+
 MAX_DESCRIPTION = 1024
 """Characters of ``AlarmDescription`` kept (the rest is cut)."""
 
 _ALARM_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?")
-
-
-class BadEvent(RemoteProtocolError):
-    """A NOTIFY for an event we do not handle (RFC 6665 §8.3.3)."""
-
-    status = 489
 
 
 def _int_field(doc: manscdp.ManscdpDocument, path: str, lo: int, hi: int, *, required: bool) -> int | None:
@@ -118,6 +129,18 @@ def alarm_json(rec: AlarmRecord) -> dict[str, Any]:
     return asdict(rec)
 
 
+@dataclass(frozen=True, slots=True)
+class AlarmReplay:
+    """What a client that saw alarm ``after`` missed (:meth:`AlarmService.replay`)."""
+
+    alarms: tuple[AlarmRecord, ...]
+    """Stored alarms with an id above ``after``, oldest first, at most :data:`REPLAY_LIMIT`."""
+    skipped: int
+    """Missed alarms not in ``alarms`` (all older than its first): beyond the limit or deleted by retention."""
+    floor: int
+    """The newest stored id when read (0: none): a live alarm with an id up to it is not new to the client."""
+
+
 class AlarmSubscription:
     """One live subscriber (an SSE client): a bounded queue; ``None`` in it ends the stream."""
 
@@ -153,7 +176,7 @@ class AlarmService:
         self.responses_sent = 0
         self.responses_failed = 0
         router.on_manscdp("Notify", "Alarm", self._on_message)
-        router.on_method("NOTIFY", self._on_notify)
+        devices.subscriptions.on_notify("Alarm", self._on_notify)  # NOTIFYs are routed by gateway.subscriptions
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def attach(self, server: SipServer) -> None:
@@ -172,6 +195,15 @@ class AlarmService:
         self._flush_suppressed()
         self.close_subscribers()
 
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` from now on (a reload): a new ``devices.alarm_rate`` applies to the next alarm of each
+        device (its bucket is made again, full, at the new rate), a new ``devices.alarm_retention`` to the store's
+        next write."""
+        old, self.config = self.config.devices, config
+        if config.devices.alarm_rate != old.alarm_rate:
+            self._buckets.clear()
+        self.store.alarm_retention = config.devices.alarm_retention
+
     def close_subscribers(self) -> None:
         """End every SSE stream (shutdown: the HTTP server does not wait for them)."""
         for sub in self._subscribers:
@@ -182,16 +214,7 @@ class AlarmService:
     def _on_message(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         self._accept(server, ev, doc, "MESSAGE")
 
-    def _on_notify(self, server: SipServer, ev: RequestReceived) -> None:
-        request = ev.request
-        if request.content_type != MANSCDP_TYPE:
-            raise UnsupportedMediaType(f"expected Application/MANSCDP+xml, got {request.content_type}")
-        doc = manscdp.decode(request.body, max_size=self.config.sip.max_message_size)
-        if (doc.root.lower(), doc.cmd_type.lower()) == ("notify", "catalog"):
-            self.devices.on_catalog_notify(server, ev, doc)  # catalog subscription events
-            return
-        if (doc.root.lower(), doc.cmd_type.lower()) != ("notify", "alarm"):
-            raise BadEvent(f"NOTIFY {doc.root}/{doc.cmd_type[:40]} not handled")
+    def _on_notify(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         self._accept(server, ev, doc, "NOTIFY")
 
     def _accept(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument, sip_method: str) -> None:
@@ -245,6 +268,14 @@ class AlarmService:
         self._subscribers.add(sub)
         return sub
 
+    async def replay(self, after: int) -> AlarmReplay:
+        """The alarms a client that saw alarm ``after`` missed (see "Replay" in the module docstring). Subscribe
+        before calling it. Raises ``StoreError`` if the store cannot be read."""
+        newest_first = await self.store.alarms(limit=REPLAY_LIMIT)  # writes the pending alarms first
+        missed = tuple(r for r in reversed(newest_first) if r.id > after)
+        skipped = missed[0].id - after - 1 if missed else 0
+        return AlarmReplay(missed, skipped, newest_first[0].id if newest_first else 0)
+
     def unsubscribe(self, sub: AlarmSubscription) -> None:
         self._subscribers.discard(sub)
 
@@ -280,4 +311,5 @@ class AlarmService:
                     del self._buckets[device_id]
 
 
-__all__ = ["AlarmService", "AlarmSubscription", "BadEvent", "alarm_json", "parse_alarm"]
+__all__ = ["REPLAY_LIMIT", "AlarmReplay", "AlarmService", "AlarmSubscription", "alarm_json",
+           "parse_alarm"]

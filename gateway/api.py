@@ -20,7 +20,8 @@ page (``gateway.webpage``) on the same application.
   ``DELETE /api/v1/streams/<device_id>/<channel_id>``, which stops the stream itself (viewers are told why).
 * Passwords are write-only: a device shows ``own_password: true``, never the value.
 * Alarms (``gateway.alarms``): ``GET /api/v1/alarms`` reads the store (newest first, filtered);
-  ``GET /api/v1/alarms/stream`` is a Server-Sent Events stream fed by a bounded per-client queue.
+  ``GET /api/v1/alarms/stream`` is a Server-Sent Events stream fed by a bounded per-client queue; a client that
+  reconnects with ``Last-Event-ID`` first gets the stored alarms it missed (``HttpApi.alarm_stream``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -44,68 +45,23 @@ from .control import ControlApi
 from .devices import Device, QueryFailed
 from .fanout import Subscription
 from .openapi import openapi_document
-from .store import ChannelRecord, StoreError
+from .store import AlarmRecord, ChannelRecord, StoreError
 from .streams import StreamError, StreamKey, StreamSession
+from .validation import ApiError, error_response
+from .validation import check_id as _check_id  # gateway.webrtc uses api._check_id
+from .validation import fields as _fields
+from .validation import json_object as _json_object
 
 if TYPE_CHECKING:
     from .app import Gateway
 
 log = structlog.get_logger("gateway.api")
 
-_ID = re.compile(r"[0-9]{20}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """Answer the request with ``status`` and a JSON ``reason``."""
-
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers or {}
-
-
-def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"status": status, "reason": reason}}, status=status, headers=headers)
 
 
 def _iso(wall: float) -> str | None:
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds") if wall > 0 else None
-
-
-def _check_id(value: str, what: str) -> str:
-    if not _ID.fullmatch(value):
-        raise ApiError(400, f"{what} must be 20 digits, not {value[:40]!r}")
-    return value
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except web.HTTPRequestEntityTooLarge:
-        raise
-    except ValueError as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object")
-    return body
-
-
-def _fields(body: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    """``body`` checked against ``spec`` (field → type): unknown fields and wrong types are 400 naming them."""
-    unknown = sorted(set(body) - set(spec))
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}: expected {', '.join(sorted(spec))}")
-    for name, value in body.items():
-        expected = spec[name]
-        # bool is an int in Python; JSON true is never an integer here.
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
-            raise ApiError(400, f"field {name!r} must be {names}, not {type(value).__name__}")
-    return body
 
 
 class HttpApi:
@@ -142,6 +98,7 @@ class HttpApi:
         r.add_get("/api/v1/streams", self.list_streams)
         r.add_post("/api/v1/streams", self.start_stream)
         r.add_delete("/api/v1/streams/{device_id}/{channel_id}", self.stop_stream)
+        r.add_get("/api/v1/positions", self.list_positions)
         r.add_get("/api/v1/alarms", self.list_alarms)
         r.add_get("/api/v1/alarms/stream", self.alarm_stream)
         ControlApi(self.gateway).add_routes(app)  # PTZ, presets, commands, config (gateway.control)
@@ -247,6 +204,7 @@ class HttpApi:
             "catalog_synced_at": _iso(rec.catalog_synced_at),
             "provisioned": rec.provisioned, "enabled": rec.enabled, "own_password": bool(rec.password),
             "status": rec.status, "info": rec.info,
+            "subscriptions": {sub.event.value: sub.json(time.time()) for sub in dev.subscriptions.values()},
         }
 
     def _channel_json(self, dev: Device, ch: ChannelRecord) -> dict[str, Any]:
@@ -258,7 +216,16 @@ class HttpApi:
             "parent_id": ch.parent_id, "status": ch.status, "online": online,
             "intact": online and status not in ("VLOST", "DEFECT") and (ch.device_id, ch.channel_id) not in faults,
             "fields": ch.fields, "updated_at": _iso(ch.updated_at),
+            "position": self._position_json(ch.device_id, ch.channel_id),
         }
+
+    def _position_json(self, device_id: str, target_id: str) -> dict[str, Any] | None:
+        found = self.gateway.devices.subscriptions.position(device_id, target_id)
+        if found is None:
+            return None
+        out = found.json()
+        out["received_at"] = _iso(found.received_at)
+        return out
 
     @staticmethod
     def _page(request: web.Request, total: int) -> tuple[int, int]:
@@ -324,16 +291,58 @@ class HttpApi:
             raise ApiError(503, "alarm store unavailable") from None
         return web.json_response({"total": len(records), "alarms": [alarm_json(r) for r in records]})
 
+    @staticmethod
+    def _last_event_id(request: web.Request) -> int | None:
+        """The alarm id a reconnecting SSE client saw last: the ``Last-Event-ID`` header (an ``EventSource`` sends
+        it when it reconnects), else the ``last_event_id`` query parameter (a first connection cannot set
+        headers); empty or absent: ``None``. Anything but a decimal integer is 400."""
+        name, value = "Last-Event-ID", request.headers.get("Last-Event-ID", "").strip()
+        if value == "":
+            name, value = "last_event_id", request.query.get("last_event_id", "").strip()
+        if value == "":
+            return None
+        if not (value.isascii() and value.isdigit() and len(value) <= 18):
+            raise ApiError(400, f"{name} must be an alarm id (a decimal integer), not {value[:40]!r}")
+        return int(value)
+
+    @staticmethod
+    def _sse_alarm(rec: AlarmRecord) -> bytes:
+        data = json.dumps(alarm_json(rec), ensure_ascii=False)
+        return f"id: {rec.id}\nevent: alarm\ndata: {data}\n\n".encode()
+
     async def alarm_stream(self, request: web.Request) -> web.StreamResponse:
-        """Server-Sent Events: ``event: alarm`` with the alarm as JSON data; a comment every
-        ``SSE_KEEPALIVE`` seconds. Ends when the client leaves, falls too far behind, or the gateway stops."""
+        """Server-Sent Events: ``event: alarm`` with ``id: <alarm id>`` and the alarm as JSON data; a comment every
+        ``SSE_KEEPALIVE`` seconds; ``retry: 2000`` first. Ends when the client leaves, falls too far behind, or the
+        gateway stops.
+
+        Replay (``Last-Event-ID: N`` or ``?last_event_id=N``): the stored alarms with an id above N come first,
+        oldest first (at most ``alarms.REPLAY_LIMIT``, the newest), preceded, if more were missed, by ONE
+        ``event: gap`` whose data is ``{"after": N, "skipped": <missed alarms not sent>, "next_id": <first id
+        sent>}`` (no ``id:`` line); then the live alarms, none twice (see ``gateway.alarms``)."""
+        after = self._last_event_id(request)
         alarms = self.gateway.alarms
-        sub = alarms.subscribe()
+        sub = alarms.subscribe()  # before the store is read: no alarm falls between the replay and the live ones
         try:
+            replay = None
+            if after is not None:
+                try:
+                    replay = await alarms.replay(after)
+                except StoreError as exc:
+                    log.error("alarm replay failed", error=str(exc))
+                    raise ApiError(503, "alarm store unavailable") from None
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
             await resp.prepare(request)
-            await resp.write(b": alarms\n\n")
+            await resp.write(b"retry: 2000\n: alarms\n\n")
+            floor = 0
+            if replay is not None:
+                floor = replay.floor
+                head = b""
+                if replay.skipped:
+                    gap = {"after": after, "skipped": replay.skipped, "next_id": replay.alarms[0].id}
+                    head = f"event: gap\ndata: {json.dumps(gap)}\n\n".encode()
+                if head or replay.alarms:
+                    await resp.write(head + b"".join(self._sse_alarm(r) for r in replay.alarms))
             while True:
                 try:
                     rec = await asyncio.wait_for(sub.queue.get(), self.SSE_KEEPALIVE)
@@ -342,8 +351,9 @@ class HttpApi:
                     continue
                 if rec is None:
                     break
-                data = json.dumps(alarm_json(rec), ensure_ascii=False)
-                await resp.write(f"id: {rec.id}\nevent: alarm\ndata: {data}\n\n".encode())
+                if rec.id <= floor:  # replayed, or seen by the client before it reconnected
+                    continue
+                await resp.write(self._sse_alarm(rec))
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
@@ -412,6 +422,22 @@ class HttpApi:
         limit, offset = self._page(request, len(out))
         return web.json_response({"total": len(out), "limit": limit, "offset": offset,
                                   "channels": out[offset:offset + limit]})
+
+    async def list_positions(self, request: web.Request) -> web.Response:
+        """The latest mobile position of every target (channel or device) that reported one, newest first."""
+        device_id = request.query.get("device_id")
+        if device_id is not None:
+            _check_id(device_id, "device_id")
+        found = [rec for rec in self.gateway.devices.subscriptions.positions.values()
+                 if device_id is None or rec.device_id == device_id]
+        found.reverse()  # kept oldest first
+        limit, offset = self._page(request, len(found))
+        out = []
+        for rec in found[offset:offset + limit]:
+            item = rec.json()
+            item["received_at"] = _iso(rec.received_at)
+            out.append(item)
+        return web.json_response({"total": len(found), "limit": limit, "offset": offset, "positions": out})
 
     def _reachable(self, dev: Device) -> None:
         if not dev.rec.online or dev.peer is None:

@@ -153,7 +153,8 @@ class Gateway:
 
     def reload(self, config: Config) -> None:
         """Take the reloadable keys of ``config`` (``gateway.config.RELOADABLE``: ``sip.password``,
-        ``devices.passwords``, ``devices.allow``, ``log.level``); every other key keeps its running value.
+        ``devices.passwords``, ``devices.allow``, ``devices.alarm_rate``, ``devices.alarm_retention``,
+        ``log.level``); every other key keeps its running value.
 
         Raises ``ConfigError``, changing nothing, if those values do not fit the running configuration. The
         caller (``gateway.main``, on SIGHUP) logs what changed and what needs a restart, and sets the log level.
@@ -161,6 +162,7 @@ class Gateway:
         """
         self.config = self.config.with_reloadable(config)
         self.devices.reconfigure(self.config)
+        self.alarms.reconfigure(self.config)
 
     def _components(self) -> list[tuple[str, Component]]:
         """Every component, in start order; they stop in reverse.
@@ -178,6 +180,8 @@ class Gateway:
             ("devices", self.devices),
             ("alarms", self.alarms),
             ("sip", self.sip),
+            # Subscriptions end (Expires: 0) while SIP still runs, and after the demo cameras started.
+            ("subscriptions", self.devices.subscriptions),
             # Streams stop before SIP does, so that their BYEs still go out.
             ("streams", self.streams),
             # RTSP stops before the streams do: its viewers leave first.

@@ -32,8 +32,10 @@ text is a quoted TOML string (``"..."`` or ``'...'``), which is unquoted. Every 
 one stays a string and so fails validation with the key's expectation. A ``GB28181_*`` variable that names no
 key is an error naming the nearest one (``GB28181_SIP_PROT: unknown ... did you mean GB28181_SIP_PORT``).
 
-Reload: the keys in :data:`RELOADABLE` may change while running (``SIGHUP``, see ``gateway.main``);
-:meth:`Config.changed_keys` lists what differs, :meth:`Config.with_reloadable` applies only those keys.
+Reload: the keys in :data:`RELOADABLE` (``sip.password``, ``devices.allow``, ``devices.passwords``,
+``devices.alarm_rate``, ``devices.alarm_retention``, ``log.level``) may change while running (``SIGHUP``, see
+``gateway.main``); :meth:`Config.changed_keys` lists what differs, :meth:`Config.with_reloadable` applies only
+those keys.
 
 To add a table: write a section class (frozen, slots, ``_Section`` base, ``TABLE`` name, fields made with
 ``_field``, a docstring under every field) and add a field for it to :class:`Config`. To add a key: add a field.
@@ -336,6 +338,21 @@ class DevicesConfig(_Section):
     catalog_subscribe_expires: int = _field(3600, _integer(0, 86400))
     """Seconds of catalog subscription (``SUBSCRIBE`` ``Event: Catalog``) asked of a device after its catalog
     sync, refreshed at 80% of what it grants; 0 disables catalog subscriptions."""
+
+    alarm_subscribe_expires: int = _field(3600, _integer(0, 86400))
+    """Seconds of alarm subscription (``SUBSCRIBE`` ``Event: Alarm``, priorities 1..4, every method) asked of a
+    device after its sync, refreshed at 80% of what it grants; 0 disables alarm subscriptions."""
+
+    position_subscribe_expires: int = _field(3600, _integer(0, 86400))
+    """Seconds of mobile position subscription (``SUBSCRIBE`` ``Event: MobilePosition``) asked of a device after
+    its sync; 0 disables them. Devices without positions refuse it (then not asked again until they register)."""
+
+    position_interval: int = _field(5, _integer(1, 3600))
+    """Seconds between position reports asked in the MobilePosition subscription (``<Interval>``)."""
+
+    subscribe_retry: float = _field(60.0, _seconds(86400))
+    """Seconds before a subscription that failed (no answer, refused other than "not supported") is asked again
+    while the device stays online."""
 
     alarm_retention: int = _field(100_000, _integer(1, 100_000_000))
     """Alarms kept in the store (rows); beyond it the oldest are deleted."""
@@ -717,7 +734,8 @@ class Config:
         return summary
 
 
-RELOADABLE = frozenset({"sip.password", "devices.allow", "devices.passwords", "log.level"})
+RELOADABLE = frozenset({"sip.password", "devices.allow", "devices.passwords", "devices.alarm_rate",
+                        "devices.alarm_retention", "log.level"})
 """Keys a running gateway takes from a reloaded configuration (SIGHUP); any other change needs a restart."""
 
 ENV_PREFIX = "GB28181_"

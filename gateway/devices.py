@@ -19,16 +19,12 @@ After a (new) registration the device is queried for ``DeviceInfo``, ``Catalog``
 bounded pool of workers. Answers arrive as separate ``MESSAGE``s with the query's ``SN``; multi-part catalogs are
 reassembled by ``gateway.catalog.CatalogCollector`` until ``SumNum`` items or a timeout (then kept as partial).
 
-After a catalog sync succeeds the device is subscribed to catalog changes: ``SUBSCRIBE`` ``Event: Catalog;id=<SN>``
-with ``Expires: devices.catalog_subscribe_expires`` (0 disables) and a ``<Query><CmdType>Catalog`` body. The 2xx
-creates a dialog (``sip.dialog.Dialog``) in which the subscription is refreshed at 80% of the granted Expires (out
-of dialog if the 2xx has no To tag; again out of dialog once if an in-dialog refresh is refused). A refused or
-unanswered SUBSCRIBE is logged and the subscription dropped until the next sync. Each REGISTER that does not start
-a sync (a refresh or a re-registration: a rebooted device forgets its subscriptions) subscribes again. The device
-then reports changes in ``NOTIFY`` (or ``MESSAGE``) ``<Notify><CmdType>Catalog`` bodies, answered ``200`` and
-applied per item's ``<Event>``: ON/OFF/VLOST/DEFECT set the channel's status (an unknown channel is added),
-ADD/UPDATE upsert it, DEL removes it; a body that does not parse (no items, an item without DeviceID or with an unknown Event) is refused ``400``
-and nothing of it applied.
+After the sync the device is subscribed to its events (``gateway.subscriptions``: Catalog, Alarm and
+MobilePosition ``SUBSCRIBE``s refreshed in dialog before they expire; again at each REGISTER that does not start a
+sync, since a rebooted device forgets its subscriptions). Catalog changes then come in ``NOTIFY`` (or ``MESSAGE``)
+``<Notify><CmdType>Catalog`` bodies, answered ``200`` and applied per item's ``<Event>``: ON/OFF/VLOST/DEFECT set
+the channel's status (an unknown channel is added), ADD/UPDATE upsert it, DEL removes it; a body that does not
+parse (no items, an item without DeviceID or with an unknown Event) is refused ``400`` and nothing of it applied.
 
 State is kept in memory and written behind to SQLite (``gateway.store``). At start it is restored: a device whose
 registration and keepalive deadline have not passed (wall clock) stays online, so a gateway restart does not
@@ -51,7 +47,6 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sip import manscdp
-from sip.dialog import Dialog
 from sip.digest import AuthResult, Challenge, Credentials, DigestAlgorithm, NonceManager, verify
 from sip.endpoint import Peer, RequestReceived, Transport
 from sip.errors import Forbidden, MalformedMessage, NotFound, RemoteProtocolError
@@ -64,11 +59,14 @@ from .netutil import local_ip_toward
 from .sip_router import SipRouter
 from .sip_transport import SipServer, SipTimeout
 from .store import ChannelRecord, DeviceRecord, Store
+from .subscriptions import Event, Subscription, Subscriptions
 
 log = structlog.get_logger("gateway.devices")
 
 _ID_RE = re.compile(r"[0-9A-Za-z]{1,32}")
 MANSCDP = "Application/MANSCDP+xml"
+MAX_PARTS = 1000
+"""Parts of one split ``<Response>`` (``expect_parts``) kept; beyond that they are dropped."""
 _CATALOG_EVENTS = frozenset({"ON", "OFF", "VLOST", "DEFECT", "ADD", "DEL", "UPDATE"})
 
 
@@ -91,7 +89,7 @@ class Device:
     alive_until: float = 0.0           # monotonic keepalive deadline
     channels: dict[str, ChannelRecord] = field(default_factory=dict)
     syncing: bool = False
-    subscription: asyncio.Task[None] | None = None  # the catalog subscription (SUBSCRIBE and its refreshes)
+    subscriptions: dict[Event, Subscription] = field(default_factory=dict)  # gateway.subscriptions
 
     @property
     def device_id(self) -> str:
@@ -144,6 +142,7 @@ class DeviceRegistry:
         self._register_bucket: TokenBucket | None = None
         self._sn = itertools.count(random.randrange(1, 1 << 20))
         self._waiters: dict[tuple[str, int], asyncio.Future[manscdp.ManscdpDocument]] = {}
+        self._parts: dict[tuple[str, int], asyncio.Queue[manscdp.ManscdpDocument]] = {}
         self._collectors: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Event]] = {}
         self._sync_queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -153,7 +152,9 @@ class DeviceRegistry:
         self.media_faults: set[tuple[str, str]] = set()
         router.on_method("REGISTER", self._on_register)
         router.on_manscdp("Notify", "Keepalive", self._on_keepalive)
-        router.on_manscdp("Notify", "Catalog", self.on_catalog_notify)  # the NOTIFY form: gateway.alarms routes it
+        router.on_manscdp("Notify", "Catalog", self.on_catalog_notify)
+        self.subscriptions = Subscriptions(self, router, wall=wall)
+        self.subscriptions.on_notify("Catalog", self.on_catalog_notify)
         for cmd in ("Catalog", "DeviceInfo", "DeviceStatus", "PresetQuery", "DeviceControl", "DeviceConfig",
                     "ConfigDownload"):
             router.on_manscdp("Response", cmd, self._on_response)
@@ -162,6 +163,11 @@ class DeviceRegistry:
     # ------------------------------------------------------------------------------------------ lifecycle
     def attach(self, server: SipServer) -> None:
         self._server = server
+
+    @property
+    def server(self) -> SipServer | None:
+        """The SIP server requests to devices go out on (None before ``attach``)."""
+        return self._server
 
     def reconfigure(self, config: Config) -> None:
         """Use ``config`` from now on (a reload: ``sip.password``, ``devices.passwords`` and ``devices.allow``
@@ -205,10 +211,7 @@ class DeviceRegistry:
         self._tasks.clear()
         for fut in self._waiters.values():
             fut.cancel()
-        subs = [d.subscription for d in self.devices.values() if d.subscription is not None]
-        for task in subs:
-            task.cancel()
-        await asyncio.gather(*subs, return_exceptions=True)
+        await self.subscriptions.cancel_all()
 
     def _restore(self, devices: list[DeviceRecord], channels: list[ChannelRecord], now: float) -> None:
         wall = self._wall()
@@ -329,7 +332,7 @@ class DeviceRegistry:
         if expires == 0:
             if dev is not None:
                 self._set_offline(dev, "unregistered")
-                self._unsubscribe(dev)
+                self.subscriptions.forget(dev)
                 dev.rec.expires_at = 0.0
                 dev.registered_until = 0.0
                 self._persist(dev)
@@ -362,7 +365,7 @@ class DeviceRegistry:
         if new or not dev.channels:
             self.request_sync(device_id)
         elif not dev.syncing:
-            self.subscribe_catalog(dev)  # a re-registration: the device may have forgotten its subscription
+            self.subscriptions.subscribe(dev)  # a re-registration: the device may have forgotten them
 
     def _route(self, dev: Device, peer: Peer, req: SipRequest) -> None:
         """Reach the device where it was last heard from (RFC 3581: NAT mappings move)."""
@@ -417,6 +420,14 @@ class DeviceRegistry:
                     done.set()
             else:
                 log.debug("catalog part without a query", device_id=dev.device_id, sn=doc.sn)
+            return
+        parts = self._parts.get(key)
+        if parts is not None:
+            if parts.full():
+                log.warning("answer parts beyond the bound dropped", device_id=dev.device_id, sn=doc.sn,
+                            cmd_type=doc.cmd_type, bound=MAX_PARTS)
+            else:
+                parts.put_nowait(doc)
             return
         fut = self._waiters.get(key)
         if fut is not None and not fut.done():
@@ -507,12 +518,13 @@ class DeviceRegistry:
             self._persist(dev)
         except QueryFailed as exc:
             log.warning("DeviceInfo query failed", device_id=dev.device_id, reason=exc.reason)
+        catalog_failed = False
         try:
             await self.sync_catalog(dev)
         except QueryFailed as exc:
             log.warning("Catalog query failed", device_id=dev.device_id, reason=exc.reason)
-        else:
-            self.subscribe_catalog(dev)
+            catalog_failed = True
+        self.subscriptions.subscribe(dev, skip=frozenset({Event.CATALOG}) if catalog_failed else frozenset())
         try:
             status = await self.query(dev, "DeviceStatus")
             dev.rec.status = {k: v for k, v in status.tree.flat().items()
@@ -597,6 +609,17 @@ class DeviceRegistry:
     def forget_response(self, device_id: str, sn: int) -> None:
         self._waiters.pop((device_id, sn), None)
 
+    def expect_parts(self, device_id: str, sn: int) -> asyncio.Queue[manscdp.ManscdpDocument]:
+        """A queue receiving every ``<Response>`` from ``device_id`` with ``sn`` (answers split into parts, such as
+        PresetQuery's; at most :data:`MAX_PARTS`, later ones dropped and logged). Set it up before sending; drop it
+        with ``forget_parts``."""
+        queue: asyncio.Queue[manscdp.ManscdpDocument] = asyncio.Queue(MAX_PARTS)
+        self._parts[(device_id, sn)] = queue
+        return queue
+
+    def forget_parts(self, device_id: str, sn: int) -> None:
+        self._parts.pop((device_id, sn), None)
+
     def next_sn(self) -> int:
         """A fresh MANSCDP SN for a query or command we send."""
         return next(self._sn)
@@ -627,67 +650,7 @@ class DeviceRegistry:
             headers=[*(headers or []), ("User-Agent", "gb28181-gateway")],
         )
 
-    # ------------------------------------------------------------------------------------------ subscriptions
-    def subscribe_catalog(self, dev: Device) -> None:
-        """(Re)start the catalog subscription of ``dev`` (a no-op with ``catalog_subscribe_expires = 0``)."""
-        self._unsubscribe(dev)
-        if self.dc.catalog_subscribe_expires <= 0 or self._server is None or dev.peer is None:
-            return
-        dev.subscription = asyncio.create_task(self._subscription(dev), name=f"devices.subscribe.{dev.device_id}")
-
-    def _unsubscribe(self, dev: Device) -> None:
-        """Stop refreshing ``dev``'s subscription (it lapses at the device)."""
-        if dev.subscription is not None and not dev.subscription.done():
-            dev.subscription.cancel()
-        dev.subscription = None
-
-    async def _subscription(self, dev: Device) -> None:
-        dialog: Dialog | None = None
-        sn = next(self._sn)
-        while True:
-            expires = self.dc.catalog_subscribe_expires
-            if expires <= 0 or self._server is None or dev.peer is None or dev.subscription is not asyncio.current_task():
-                return
-            server = self._server
-            body = manscdp.encode("Query", "Catalog", sn, dev.device_id, encoding=dev.rec.charset or "GB2312")
-            via = self.via_toward(dev)
-            headers = [("Event", f"Catalog;id={sn}"), ("Expires", str(expires)),
-                       ("Contact", f"<sip:{self.config.sip.platform_id}@{via.host}:{server.port}>")]
-            if dialog is None:
-                request = self.device_request(dev, "SUBSCRIBE", body, MANSCDP, headers=headers)
-            else:
-                request = dialog.create_request("SUBSCRIBE", via, [*headers, ("User-Agent", "gb28181-gateway")],
-                                                body, MANSCDP)
-            try:
-                response = await server.request(request, dev.peer)
-            except SipTimeout:
-                log.warning("catalog subscribe: no answer (retried at the next sync)", device_id=dev.device_id)
-                return
-            if response.status >= 300:
-                log.warning("catalog subscribe refused", device_id=dev.device_id, status=response.status,
-                            reason=response.reason, in_dialog=dialog is not None)
-                if dialog is not None:  # the device lost the dialog (rebooted?): subscribe anew, once
-                    dialog = None
-                    continue
-                return
-            try:
-                granted = response.expires
-            except MalformedMessage:
-                granted = None
-            granted = expires if granted is None else min(granted, expires)
-            if granted <= 0:
-                log.warning("catalog subscribe granted no time", device_id=dev.device_id)
-                return
-            refresh = dialog is not None
-            if dialog is None:
-                try:
-                    dialog = Dialog.from_uac(request, response)
-                except RemoteProtocolError:
-                    dialog = None  # no To tag: refresh out of dialog
-            log.info("catalog subscribed", device_id=dev.device_id, expires=granted, refresh=refresh,
-                     in_dialog=dialog is not None)
-            await asyncio.sleep(granted * 0.8)
-
+    # ------------------------------------------------------------------------------------------ catalog events
     def on_catalog_notify(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         """A ``<Notify><CmdType>Catalog`` (NOTIFY or MESSAGE): validate every item (``400`` if any is bad), answer
         ``200``, then apply each item's ``<Event>`` to the registry and the store."""
@@ -794,7 +757,7 @@ class DeviceRegistry:
         if dev is None:
             return False
         self.media_faults = {k for k in self.media_faults if k[0] != device_id}
-        self._unsubscribe(dev)
+        self.subscriptions.forget(dev)
         if self.store is not None:
             self.store.delete_device(device_id)
         self._update_gauges()
@@ -853,6 +816,7 @@ class DeviceRegistry:
         yield GaugeMetricFamily("gb28181_channels_intact_ratio",
                                 "Intact channels (online, not VLOST/DEFECT, last stream start had media)"
                                 " / channels (1 with none)", value=intact / total if total else 1.0)
+        yield from self.subscriptions.metric_families()
 
 
 __all__ = ["Device", "DeviceRegistry", "QueryFailed", "RemoteProtocolError", "format_date"]

@@ -10,10 +10,11 @@ Lifecycle (hypercorn ``worker_serve``, uvicorn ``Server.shutdown``):
    the :class:`Gateway`, tell systemd ``READY=1`` (``gateway.sdnotify``: status lines, watchdog).
 4. SIGHUP reloads: the same file and environment are read again. Invalid: an error naming the keys, and the
    running configuration stays. Valid: the keys in ``config.RELOADABLE`` (``sip.password``,
-   ``devices.passwords``, ``devices.allow``, ``log.level``) are applied (``Gateway.reload``), other changed keys
-   are named in a warning (they need a restart), and one line lists what changed (never the values: some are
-   secrets). systemd hears ``RELOADING=1`` before and ``READY=1`` after. A SIGHUP during startup is applied
-   once the gateway has started; during shutdown it is ignored.
+   ``devices.passwords``, ``devices.allow``, ``devices.alarm_rate``, ``devices.alarm_retention``, ``log.level``)
+   are applied (``Gateway.reload``), other changed keys are named in a warning (they need a restart), and one
+   line lists what changed (never the values: some are secrets). systemd hears ``RELOADING=1`` before and
+   ``READY=1`` after. A SIGHUP during startup is applied once the gateway has started; during shutdown it is
+   ignored.
 5. On the first SIGTERM/SIGINT, ``STOPPING=1``, then ``Gateway.stop()`` runs under ``daemon.graceful_timeout``.
    Clean stop: exit 0. Deadline passed: cancel the tasks left, log them, exit 1. A second signal during shutdown
    exits at once with 130.
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="gb28181-gateway",
         description="GB/T 28181 media gateway: SIP platform for cameras and NVRs, RTSP/WebRTC egress, cascade.",
         epilog="Environment: GB28181_<TABLE>_<KEY> overrides a configuration key (GB28181_SIP_PORT=5070 sets"
-        " sip.port). Signals: SIGHUP reloads sip.password, devices.passwords, devices.allow and log.level;"
+        " sip.port). Signals: SIGHUP reloads sip.password, devices.passwords, devices.allow,"
+        " devices.alarm_rate, devices.alarm_retention and log.level;"
         " SIGTERM or SIGINT stops gracefully.",
     )
     parser.add_argument(

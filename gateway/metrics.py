@@ -90,6 +90,24 @@ ALARMS_SUPPRESSED = Counter(
 for _priority in "1234":
     for _alarm_method in "1234567":
         ALARMS.labels(_priority, _alarm_method)
+# Subscriptions (gateway.subscriptions); gb28181_subscriptions{event,status} is computed at scrape time.
+SUBSCRIPTION_EVENTS = ("Catalog", "Alarm", "MobilePosition")
+SUBSCRIBE_RESULTS = ("ok", "refreshed", "unsupported", "refused", "timeout", "error", "ended")
+SUBSCRIBE_REQUESTS = Counter(
+    "gb28181_subscribe_requests_total",
+    "SUBSCRIBEs sent to devices, by event and outcome (ok: new subscription, refreshed, unsupported: the device "
+    "refused the event package, refused, timeout, error, ended: Expires 0 at shutdown)",
+    ["event", "result"],
+)
+NOTIFICATIONS = Counter(
+    "gb28181_notifications_total", "Event notifications accepted from devices (NOTIFY, and MESSAGE positions), "
+    "by event", ["event"],
+)
+POSITIONS = Counter("gb28181_positions_total", "Mobile position fixes accepted from devices")
+for _sub_event in SUBSCRIPTION_EVENTS:
+    NOTIFICATIONS.labels(_sub_event)
+    for _sub_result in SUBSCRIBE_RESULTS:
+        SUBSCRIBE_REQUESTS.labels(_sub_event, _sub_result)
 DEVICES_REGISTERED = Gauge("gb28181_devices_registered", "Devices with a live registration")
 DEVICES_ONLINE = Gauge("gb28181_devices_online", "Devices online (registered, keepalives arriving)")
 DEVICES_ONLINE_RATIO = Gauge(
@@ -117,7 +135,7 @@ class _ScrapeTimeSeries:
 
     NAMES = ("gb28181_device_up", "gb28181_device_keepalive_age_seconds", "gb28181_channels_online",
              "gb28181_channels_online_ratio", "gb28181_channels_intact_ratio",
-             "gb28181_ingest_bitrate_bits_per_second")
+             "gb28181_ingest_bitrate_bits_per_second", "gb28181_subscriptions")
 
     def __init__(self) -> None:
         self.source: Callable[[], Iterable[Metric]] | None = None
@@ -285,3 +303,32 @@ for _payload in PayloadKind:
         INGEST_FRAMES.labels(_payload.value)
 for _why in NoMediaReason:
     INGEST_NO_MEDIA.labels(_why.value)
+
+# ---------------------------------------------------------------------------------------------- device control
+# Requests of the control routes (gateway.control), counted once each by ``ControlApi``. ``command`` is the PTZ
+# action, the device command, or the query/config name: only from CONTROL_COMMANDS (a request whose command is not
+# one of these, e.g. an unknown action, is not counted), so the label stays bounded.
+CONTROL_PTZ_ACTIONS = ("move", "stop", "focus", "iris", "preset_set", "preset_call", "preset_delete", "cruise_add",
+                       "cruise_delete", "cruise_speed", "cruise_dwell", "cruise_start", "scan_start", "scan_left",
+                       "scan_right", "scan_speed", "aux")
+CONTROL_DEVICE_COMMANDS = ("reboot", "record_start", "record_stop", "guard_set", "guard_reset", "alarm_reset",
+                           "home_position", "drag_zoom_in", "drag_zoom_out")
+CONTROL_COMMANDS = (*CONTROL_PTZ_ACTIONS, *CONTROL_DEVICE_COMMANDS, "preset_query", "device_config",
+                    "config_download")
+# ok: the device's Response arrived (and said OK); accepted: 200 OK to a command that gets no Response; refused:
+# the device's SIP error response; timeout: no SIP answer, no Response, or a PresetQuery answer still incomplete
+# at devices.query_timeout; error: Result ERROR, an unreadable answer or a gateway fault; bad_request: arguments
+# refused (400); offline: device offline (409); unknown: unknown device or channel (404).
+CONTROL_RESULTS = ("ok", "accepted", "refused", "timeout", "error", "bad_request", "offline", "unknown")
+CONTROL_REQUESTS = Counter(
+    "gb28181_control_requests_total", "Device control requests (PTZ, device commands, queries, config) by outcome",
+    ["command", "result"],
+)
+CONTROL_DURATION = Histogram(
+    "gb28181_control_duration_seconds",
+    "Time to answer a control request: to the device's 200 OK, or to its (last) Response",
+    ["command"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+for _command in CONTROL_COMMANDS:
+    for _control_failure in ("refused", "timeout", "error"):  # what alerts watch: present before the first one
+        CONTROL_REQUESTS.labels(_command, _control_failure)

@@ -67,7 +67,26 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "catalog_synced_at": {"type": ["string", "null"], "format": "date-time"},
                     "provisioned": {"type": "boolean"}, "enabled": {"type": "boolean"},
                     "own_password": {"type": "boolean", "description": "passwords are never returned"},
-                    "status": {"type": "object"}, "info": {"type": "object"}}},
+                    "status": {"type": "object"}, "info": {"type": "object"},
+                    "subscriptions": {"type": "object", "description": "by event (Catalog, Alarm, MobilePosition)",
+                                      "additionalProperties": _ref("Subscription")}}},
+                "Subscription": {"type": "object", "properties": {
+                    "event": {"type": "string", "enum": ["Catalog", "Alarm", "MobilePosition"]},
+                    "status": {"type": "string",
+                               "enum": ["subscribing", "active", "unsupported", "failed", "terminated"]},
+                    "reason": {"type": ["string", "null"]}, "expires_in": {"type": ["integer", "null"]},
+                    "refreshes": {"type": "integer"}, "notifications": {"type": "integer"},
+                    "last_notification": {"type": ["number", "null"], "description": "epoch seconds"}}},
+                "Position": {"type": "object", "properties": {
+                    "device_id": {"type": "string"}, "channel_id": {"type": "string",
+                                                                   "description": "the target of the fix"},
+                    "time": {"type": "string", "description": "as the device sent it (local time)"},
+                    "longitude": {"type": "number"}, "latitude": {"type": "number"},
+                    "speed": {"type": ["number", "null"], "description": "km/h"},
+                    "direction": {"type": ["number", "null"], "description": "degrees from north"},
+                    "altitude": {"type": ["number", "null"], "description": "metres"},
+                    "received_at": {"type": "string", "format": "date-time"},
+                    "sip_method": {"type": "string", "enum": ["NOTIFY", "MESSAGE"]}}},
                 "DeviceUpdate": {"type": "object", "additionalProperties": False, "properties": {
                     "password": {"type": "string", "maxLength": 128,
                                  "description": "its own digest password; '' falls back to the configured one"},
@@ -79,7 +98,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "name": {"type": "string"}, "parent_id": {"type": "string"},
                     "status": {"type": "string", "description": "ON, OFF, VLOST, DEFECT as reported"},
                     "online": {"type": "boolean"}, "intact": {"type": "boolean"}, "fields": {"type": "object"},
-                    "updated_at": {"type": ["string", "null"], "format": "date-time"}}},
+                    "updated_at": {"type": ["string", "null"], "format": "date-time"},
+                    "position": {"oneOf": [_ref("Position"), {"type": "null"}],
+                                 "description": "the latest mobile position (MobilePosition subscription)"}}},
                 "Stream": {"type": "object", "properties": {
                     "device_id": {"type": "string"}, "channel_id": {"type": "string"},
                     "stream": {"type": "string", "enum": ["main", "sub"]},
@@ -97,11 +118,17 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "device_id": {"type": "string"}, "cmd_type": {"type": "string"}, "fields": {"type": "object"}}},
                 "PtzRequest": {"type": "object", "required": ["action"], "additionalProperties": False,
                                "description": "Fields by action: move (pan, tilt, zoom, speed, zoom_speed), stop, "
-                                              "focus and iris (direction, speed), preset_set/call/delete (preset)",
+                                              "focus and iris (direction, speed), preset_set/call/delete (preset), "
+                                              "cruise_add (group, preset), cruise_delete (group, preset; 0: the "
+                                              "whole cruise), cruise_speed (group, speed 0..4095), cruise_dwell "
+                                              "(group, seconds 0..4095), cruise_start (group), scan_start/"
+                                              "scan_left/scan_right (group), scan_speed (group, speed 0..4095), "
+                                              "aux (switch, on); a PTZ stop ends a cruise or scan",
                                "properties": {
-                                   "action": {"type": "string", "enum": ["move", "stop", "focus", "iris",
-                                                                         "preset_set", "preset_call",
-                                                                         "preset_delete"]},
+                                   "action": {"type": "string", "enum": [
+                                       "move", "stop", "focus", "iris", "preset_set", "preset_call", "preset_delete",
+                                       "cruise_add", "cruise_delete", "cruise_speed", "cruise_dwell", "cruise_start",
+                                       "scan_start", "scan_left", "scan_right", "scan_speed", "aux"]},
                                    "pan": {"type": "integer", "enum": [-1, 0, 1], "description": "1 right, -1 left"},
                                    "tilt": {"type": "integer", "enum": [-1, 0, 1], "description": "1 up, -1 down"},
                                    "zoom": {"type": "integer", "enum": [-1, 0, 1], "description": "1 in, -1 out"},
@@ -109,7 +136,15 @@ def openapi_document(version: str) -> dict[str, Any]:
                                    "zoom_speed": {"type": "integer", "minimum": 0, "maximum": 15, "default": 8},
                                    "direction": {"type": "integer", "enum": [-1, 0, 1],
                                                  "description": "focus 1 far/-1 near, iris 1 open/-1 close"},
-                                   "preset": {"type": "integer", "minimum": 1, "maximum": 255}}},
+                                   "preset": {"type": "integer", "minimum": 0, "maximum": 255,
+                                              "description": "1..255; cruise_delete also 0 (the whole cruise)"},
+                                   "group": {"type": "integer", "minimum": 0, "maximum": 255,
+                                             "description": "cruise or scan group"},
+                                   "seconds": {"type": "integer", "minimum": 0, "maximum": 4095,
+                                               "description": "cruise dwell time at each point"},
+                                   "switch": {"type": "integer", "minimum": 0, "maximum": 255,
+                                              "description": "auxiliary switch (1: the wiper on most cameras)"},
+                                   "on": {"type": "boolean"}}},
                 "ControlResult": {"type": "object", "properties": {
                     "device_id": {"type": "string"}, "channel_id": {"type": ["string", "null"]},
                     "status": {"type": "string", "enum": ["accepted", "ok"],
@@ -221,6 +256,14 @@ def openapi_document(version: str) -> dict[str, Any]:
                                {"name": "stream", "in": "query", "schema": {"type": "string",
                                                                            "enum": ["main", "sub"]}}],
                 "responses": {"204": {"description": "Stopped"}, **_errors(400, 401, 404)}}},
+            "/api/v1/positions": {"get": {
+                "summary": "The latest mobile position of every target that reported one, newest first (kept in "
+                           "memory; MobilePosition NOTIFYs and MESSAGEs)",
+                "parameters": [{"name": "device_id", "in": "query",
+                                "schema": {"type": "string", "pattern": "^[0-9]{20}$"}}, *_PAGE],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "total": {"type": "integer"}, "positions": {"type": "array", "items": _ref("Position")}}}),
+                    **_errors(400, 401)}}},
             "/api/v1/alarms": {"get": {
                 "summary": "Stored alarms, newest first (devices.alarm_retention rows are kept)",
                 "parameters": [
@@ -236,20 +279,38 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "total": {"type": "integer"}, "alarms": {"type": "array", "items": _ref("Alarm")}}}),
                     **_errors(400, 401, 503)}}},
             "/api/v1/alarms/stream": {"get": {
-                "summary": "Live alarms as Server-Sent Events ('event: alarm', data: an Alarm as JSON; a comment "
-                           "every 15 s; a client that falls 256 alarms behind is dropped)",
+                "summary": "Live alarms as Server-Sent Events ('id: <alarm id>', 'event: alarm', data: an Alarm as "
+                           "JSON; 'retry: 2000' first; a comment every 15 s; a client that falls 256 alarms behind "
+                           "is dropped)",
+                "description": "Replay: with Last-Event-ID (or last_event_id) N, the stored alarms with an id above "
+                               "N come first, oldest first, at most 1000 (the newest); if more were missed, one "
+                               "'event: gap' (no id) comes before them, data {\"after\": N, \"skipped\": <alarms "
+                               "not sent>, \"next_id\": <first id sent>}. Then the live alarms, none twice.",
+                "parameters": [
+                    {"name": "Last-Event-ID", "in": "header", "description": "the id of the last alarm event "
+                     "received (an EventSource sends it when it reconnects); takes precedence over last_event_id",
+                     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+                    {"name": "last_event_id", "in": "query", "description": "as Last-Event-ID, for a first "
+                     "connection (which cannot set headers)", "schema": {"type": "string",
+                                                                          "pattern": "^[0-9]{1,18}$"}}],
                 "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
-                              **_errors(401)}}},
+                              **_errors(400, 401, 503)}}},
             "/api/v1/channels/{device_id}/{channel_id}/ptz": {"post": {
-                "summary": "PTZ: move, stop, focus, iris, presets (DeviceControl PTZCmd; accepted on the device's "
+                "summary": "PTZ: move, stop, focus, iris, presets, cruise, scan, auxiliary switches (DeviceControl "
+                           "PTZCmd; accepted on the device's "
                            "200 OK)", "parameters": [_DEVICE_ID, _CHANNEL_ID],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PtzRequest")}}},
                 "responses": {"200": _json(_ref("ControlResult")), **control_errors}}},
             "/api/v1/channels/{device_id}/{channel_id}/presets": {"get": {
-                "summary": "The channel's presets (PresetQuery)", "parameters": [_DEVICE_ID, _CHANNEL_ID],
+                "summary": "The channel's presets (PresetQuery; an answer in several parts is merged, up to "
+                           "devices.query_timeout)", "parameters": [_DEVICE_ID, _CHANNEL_ID],
                 "responses": {"200": _json({"type": "object", "properties": {
                     "device_id": {"type": "string"}, "channel_id": {"type": "string"},
                     "sum_num": {"type": ["integer", "null"]},
+                    "complete": {"type": "boolean",
+                                 "description": "false: parts still missing at devices.query_timeout (what came is "
+                                                "listed)"},
+                    "parts": {"type": "integer", "description": "Response MESSAGEs received"},
                     "presets": {"type": "array", "items": {"type": "object", "properties": {
                         "preset_id": {"type": "integer"}, "name": {"type": "string"}}}}}}), **control_errors}}},
             "/api/v1/devices/{device_id}/commands": {"post": {

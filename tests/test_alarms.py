@@ -17,6 +17,7 @@ from gw_util import running_gateway, sample
 from test_api import Http, metric
 from test_streams import config, started, wait_until
 
+import gateway.alarms as alarms_module
 from gateway.alarms import SUBSCRIBER_QUEUE
 from gateway.app import STORE_FILE
 from gateway.store import AlarmRecord, Store
@@ -69,7 +70,8 @@ async def test_alarm_reaches_api_stream_metrics_store_and_device(tmp_path: Path)
                 assert stream.headers["Content-Type"].startswith("text/event-stream")
                 kind, _ = await next_event(stream)
                 assert kind == ""  # the opening comment: the subscription is live
-                resp = await dev.raise_alarm(1, 5, CHINESE, alarm_type=2, longitude=116.397, latitude=39.908)
+                resp = await dev.raise_alarm(1, 5, CHINESE, alarm_type=2, longitude=116.397, latitude=39.908,
+                                             form="MESSAGE")
                 assert resp is not None and resp.status == 200
                 kind, lines = await next_event(stream)
                 assert kind == "alarm"
@@ -231,9 +233,143 @@ async def test_notify_other_than_alarm_is_489(tmp_path: Path) -> None:
         sim = await started(gw)
         try:
             dev = sim.devices[0]
-            body = manscdp.encode("Notify", "MobilePosition", 1, dev.device_id)
+            body = manscdp.encode("Notify", "Broadcast", 1, dev.device_id)
             resp = await dev.send_to_platform(dev.platform_request("NOTIFY", body, "Application/MANSCDP+xml"))
             assert resp is not None and resp.status == 489
             assert await gw.store.alarms() == []
+        finally:
+            await sim.stop()
+
+
+# --- SSE replay (Last-Event-ID) -------------------------------------------------------------------------------
+
+async def alarm_events(resp: aiohttp.ClientResponse, count: int) -> list[tuple[int, str]]:
+    """The next ``count`` alarm events as (id, description); fails on any other event (a gap, a keepalive)."""
+    out = []
+    for _ in range(count):
+        kind, lines = await next_event(resp)
+        assert kind == "alarm", lines
+        ident = int(next(ln[len("id: "):] for ln in lines if ln.startswith("id: ")))
+        data = json.loads(next(ln[len("data: "):] for ln in lines if ln.startswith("data: ")))
+        assert data["id"] == ident
+        out.append((ident, data["description"]))
+    return out
+
+
+async def opened(resp: aiohttp.ClientResponse) -> None:
+    """The stream's opening block: the reconnection delay and a comment."""
+    assert resp.status == 200
+    assert await next_event(resp) == ("", ["retry: 2000", ": alarms"])
+
+
+async def test_stream_replays_missed_alarms_then_live_ones(tmp_path: Path) -> None:
+    async with running_gateway(alarm_config(tmp_path, rate=1000)) as gw:
+        sim = await started(gw)
+        http = Http(gw.http.port)
+        url = http.base + "/api/v1/alarms/stream"
+        try:
+            dev = sim.devices[0]
+            async with http.session.get(url) as stream:
+                await opened(stream)
+                for n in (1, 2, 3):
+                    assert (await dev.raise_alarm(2, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
+                assert await alarm_events(stream, 3) == [(1, "a1"), (2, "a2"), (3, "a3")]
+            # Disconnected: 4..6 are missed. They are still pending in the write-behind store (flush_interval):
+            # the replay writes them first.
+            for n in (4, 5, 6):
+                assert (await dev.raise_alarm(2, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
+            async with http.session.get(url, headers={"Last-Event-ID": "3"}) as stream:
+                await opened(stream)
+                assert await alarm_events(stream, 3) == [(4, "a4"), (5, "a5"), (6, "a6")]
+                assert (await dev.raise_alarm(2, 5, "a7")).status == 200  # type: ignore[union-attr]
+                assert await alarm_events(stream, 1) == [(7, "a7")]
+
+            # Alarms raised while the replay reads the store: the one stored before the read comes in the replay
+            # (and its live copy is dropped), the one after it comes live; neither twice, none lost.
+            real = gw.store.alarms
+
+            async def racing(**kw: Any) -> list[AlarmRecord]:
+                assert (await dev.raise_alarm(2, 5, "during")).status == 200  # type: ignore[union-attr]
+                records = await real(**kw)
+                assert (await dev.raise_alarm(2, 5, "after")).status == 200  # type: ignore[union-attr]
+                return records
+
+            gw.store.alarms = racing  # type: ignore[method-assign]
+            try:
+                async with http.session.get(url, headers={"Last-Event-ID": "6"}) as stream:
+                    await opened(stream)
+                    assert await alarm_events(stream, 3) == [(7, "a7"), (8, "during"), (9, "after")]
+                    gw.store.alarms = real  # type: ignore[method-assign]
+                    assert (await dev.raise_alarm(2, 5, "a10")).status == 200  # type: ignore[union-attr]
+                    assert await alarm_events(stream, 1) == [(10, "a10")]
+            finally:
+                gw.store.alarms = real  # type: ignore[method-assign]
+
+            # The query form (a first connection cannot set headers); the header wins over it.
+            async with http.session.get(url + "?last_event_id=8", headers={"Last-Event-ID": "9"}) as stream:
+                await opened(stream)
+                assert await alarm_events(stream, 1) == [(10, "a10")]
+        finally:
+            await http.close()
+            await sim.stop()
+
+
+async def test_stream_replay_beyond_newest_gap_and_bad_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_gateway(alarm_config(tmp_path, rate=1000)) as gw:
+        sim = await started(gw)
+        http = Http(gw.http.port)
+        url = http.base + "/api/v1/alarms/stream"
+        try:
+            dev = sim.devices[0]
+            for n in range(1, 7):
+                assert (await dev.raise_alarm(3, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
+            # Beyond the newest (the client saw it, or the database was replaced): no replay, every live alarm.
+            async with http.session.get(url + "?last_event_id=1000") as stream:
+                await opened(stream)
+                assert (await dev.raise_alarm(3, 5, "a7")).status == 200  # type: ignore[union-attr]
+                assert await alarm_events(stream, 1) == [(7, "a7")]
+            # More missed than the replay limit: one gap event names how many, then the newest ones.
+            monkeypatch.setattr(alarms_module, "REPLAY_LIMIT", 2)
+            async with http.session.get(url, headers={"Last-Event-ID": "0"}) as stream:
+                await opened(stream)
+                kind, lines = await next_event(stream)
+                assert kind == "gap" and not any(ln.startswith("id:") for ln in lines), lines
+                assert json.loads(lines[-1][len("data: "):]) == {"after": 0, "skipped": 5, "next_id": 6}
+                assert await alarm_events(stream, 2) == [(6, "a6"), (7, "a7")]
+            live = gw.alarms.subscribers  # the streams closed above end at their next write (keepalive)
+            for value, name in (("abc", "Last-Event-ID"), ("-1", "Last-Event-ID"), ("1.5", "Last-Event-ID"),
+                                ("9" * 19, "Last-Event-ID")):
+                status, body, _ = await http.get("/api/v1/alarms/stream", headers={"Last-Event-ID": value})
+                assert status == 400 and body["error"]["reason"].startswith(f"{name} must be an alarm id"), body
+            status, body, _ = await http.get("/api/v1/alarms/stream?last_event_id=x")
+            assert status == 400 and body["error"]["reason"].startswith("last_event_id must be"), body
+            assert gw.alarms.subscribers == live  # a refused stream leaves no subscription behind
+        finally:
+            await http.close()
+            await sim.stop()
+
+
+# --- reload ---------------------------------------------------------------------------------------------------
+
+async def test_reload_applies_alarm_rate_and_retention(tmp_path: Path) -> None:
+    async with running_gateway(alarm_config(tmp_path, rate=0.001)) as gw:
+        sim = await started(gw)
+        try:
+            dev = sim.devices[0]
+            suppressed = sample("gb28181_alarms_suppressed_total")
+            for n in (1, 2):
+                assert (await dev.raise_alarm(2, 5, f"slow {n}")).status == 200  # type: ignore[union-attr]
+            assert [r.description for r in await gw.store.alarms()] == ["slow 1"]  # the 2nd is suppressed
+            assert sample("gb28181_alarms_suppressed_total") - suppressed == 1
+
+            devices = replace(gw.config.devices, alarm_rate=1000.0, alarm_retention=4)
+            gw.reload(replace(gw.config, devices=devices))
+            assert gw.alarms.config is gw.config and gw.config.devices.alarm_rate == 1000.0
+            answers = await asyncio.gather(*(dev.raise_alarm(2, 5, f"fast {n}") for n in range(5)))
+            assert all(r is not None and r.status == 200 for r in answers)
+            assert sample("gb28181_alarms_suppressed_total") - suppressed == 1  # all 5 passed
+            assert gw.alarms._next_id == 7
+            # The new retention trims the table at the next write: the newest 4 of the 6 are kept.
+            assert [r.id for r in await gw.store.alarms()] == [6, 5, 4, 3]
         finally:
             await sim.stop()

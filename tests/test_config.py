@@ -684,7 +684,8 @@ def test_reloadable_keys_exist() -> None:
     keys = {f"{table}.{f.name}" for table, cls in Config.sections().items()
             for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     assert config_module.RELOADABLE <= keys
-    assert config_module.RELOADABLE == {"sip.password", "devices.allow", "devices.passwords", "log.level"}
+    assert config_module.RELOADABLE == {"sip.password", "devices.allow", "devices.passwords", "devices.alarm_rate",
+                                        "devices.alarm_retention", "log.level"}
 
 
 def test_changed_keys() -> None:

@@ -42,13 +42,15 @@ REQUIRED_PANELS = {
     "viewers": "gb28181_viewers",
     "first-frame latency": "gb28181_stream_first_frame_seconds_bucket",
     "RTP loss": "gb28181_rtp_lost_total",
+    "alarms": "gb28181_alarms_total",
+    "suppressed alarms": "gb28181_alarms_suppressed_total",
 }
-# Alerts the issue asks for (online rate, devices offline, keepalive timeouts, streams failing, gateway down)
-# and the intact rate the upper platforms check.
+# Alerts the issue asks for (online rate, devices offline, keepalive timeouts, streams failing, gateway down),
+# the intact rate the upper platforms check, and device alarms (floods, priority 1, storms).
 REQUIRED_ALERTS = {
     "GB28181GatewayDown", "GB28181GatewayMissing", "GB28181CameraOnlineRateLow", "GB28181DeviceOnlineRateLow",
     "GB28181CameraIntactRateLow", "GB28181DeviceOffline", "GB28181KeepaliveTimeoutsRising",
-    "GB28181StreamsFailing",
+    "GB28181StreamsFailing", "GB28181AlarmFlood", "GB28181HighPriorityAlarm", "GB28181AlarmRateHigh",
 }
 _SUFFIXES = {
     "counter": ("_total", "_created"),
