@@ -406,6 +406,8 @@ class DeviceRegistry:
             log.info("device back online", device_id=dev.device_id)
             if not dev.channels:
                 self.request_sync(dev.device_id)
+            elif not dev.syncing:
+                self.subscriptions.resume(dev)
 
     def _on_response(self, server: SipServer, ev: RequestReceived, doc: manscdp.ManscdpDocument) -> None:
         dev = self.registered_sender(ev, doc)
@@ -757,7 +759,7 @@ class DeviceRegistry:
         if dev is None:
             return False
         self.media_faults = {k for k in self.media_faults if k[0] != device_id}
-        self.subscriptions.forget(dev)
+        self.subscriptions.forget(dev, positions=True)
         if self.store is not None:
             self.store.delete_device(device_id)
         self._update_gauges()

@@ -79,6 +79,9 @@ __all__ = ["Event", "PositionRecord", "Status", "Subscription", "Subscriptions",
 UNSUBSCRIBE_WAIT = 1.0
 """Seconds ``stop()`` waits, in all, for the answers to the ``Expires: 0`` SUBSCRIBEs."""
 
+RESTORE_RATE = 200
+"""Devices restored online at start subscribed per second (three SUBSCRIBEs each)."""
+
 MAX_POSITIONS = 100_000
 """Latest positions kept (one per device and target); beyond it the oldest entry is dropped."""
 
@@ -165,6 +168,7 @@ class Subscriptions:
         self._by_call_id: dict[str, Subscription] = {}
         self.positions: dict[tuple[str, str], PositionRecord] = {}
         self._stopping = False
+        self._restore_task: asyncio.Task[None] | None = None
         router.on_method("NOTIFY", self._on_notify)
         router.on_manscdp("Notify", "MobilePosition", self._on_position_message)
         self.on_notify("MobilePosition", self._on_position_notify)
@@ -181,11 +185,37 @@ class Subscriptions:
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        """Subscribe the devices restored online from the store (their registrations outlived a restart; they
+        would otherwise go unsubscribed until their next REGISTER), at most :data:`RESTORE_RATE` devices a
+        second, in the background."""
         self._stopping = False
+        restored = [dev for dev in self.registry.devices.values()
+                    if dev.rec.online and dev.registered and dev.peer is not None and not dev.subscriptions]
+        if restored:
+            self._restore_task = asyncio.create_task(self._subscribe_restored(restored), name="subscribe.restored")
+
+    async def _subscribe_restored(self, devices: list[Device]) -> None:
+        for n, dev in enumerate(devices):
+            if n and n % RESTORE_RATE == 0:
+                await asyncio.sleep(1.0)
+            if dev.rec.online and dev.registered and not dev.subscriptions:
+                self.subscribe(dev)
+        log.info("restored devices subscribed", devices=len(devices))
+
+    def resume(self, dev: Device) -> None:
+        """``dev`` is back online (keepalives again, no REGISTER): restart the subscriptions that lapsed
+        (failed, or never started), leaving active and unsupported ones alone."""
+        lapsed = [e for e in Event if (sub := dev.subscriptions.get(e)) is None or sub.status is Status.FAILED]
+        if lapsed:
+            self.subscribe(dev, skip=frozenset(Event) - frozenset(lapsed))
 
     async def stop(self) -> None:
         """End every active subscription (``Expires: 0``), waiting at most ``UNSUBSCRIBE_WAIT`` s for answers."""
         self._stopping = True
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+            await asyncio.gather(self._restore_task, return_exceptions=True)
+            self._restore_task = None
         ending = []
         for dev in list(self.registry.devices.values()):
             for sub in list(dev.subscriptions.values()):
@@ -228,12 +258,14 @@ class Subscriptions:
             sub.task = asyncio.create_task(self._run(dev, sub),
                                            name=f"subscribe.{event.package}.{dev.device_id}")
 
-    def forget(self, dev: Device) -> None:
-        """Stop refreshing every subscription of ``dev`` (unregistered or removed: they lapse at the device)."""
+    def forget(self, dev: Device, *, positions: bool = False) -> None:
+        """Stop refreshing every subscription of ``dev`` (unregistered or removed: they lapse at the device);
+        with ``positions`` (removed) also forget its last positions (an unregistered device's stay shown)."""
         for event in list(dev.subscriptions):
             self._drop(dev, event)
-        for key in [k for k in self.positions if k[0] == dev.device_id]:
-            del self.positions[key]
+        if positions:
+            for key in [k for k in self.positions if k[0] == dev.device_id]:
+                del self.positions[key]
 
     def _drop(self, dev: Device, event: Event) -> None:
         sub = dev.subscriptions.pop(event, None)

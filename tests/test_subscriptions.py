@@ -247,3 +247,62 @@ async def test_unsupported_failed_and_device_ended_subscriptions(tmp_path: Path)
         finally:
             await http.close()
             await sim.stop()
+
+
+async def test_restored_devices_are_subscribed_after_a_restart(tmp_path: Path) -> None:
+    cfg = events_config(tmp_path, alarm_subscribe_expires=60, position_subscribe_expires=60,
+                        catalog_subscribe_expires=60)
+    sim = None
+    try:
+        async with running_gateway(cfg) as gw:
+            port = gw.sip.port  # type: ignore[union-attr]
+            sim = await started(gw)
+            dev = sim.devices[0]
+            await wait_until(lambda: dev.subscribes.get("alarm") == 1, 5)
+            registrations = dev.registrations
+        assert dev.subscriptions == {}  # ended at shutdown
+        # Same state directory and SIP port: the device is restored registered and online, and subscribed at
+        # start, without waiting for its next REGISTER (an hour away).
+        cfg2 = replace(cfg, sip=replace(cfg.sip, port=port))
+        async with running_gateway(cfg2) as gw2:
+            gdev = gw2.devices.get(dev.device_id)
+            assert gdev is not None and gdev.rec.online
+            await wait_until(lambda: dev.subscribes.get("alarm") == 2 and dev.subscribes.get("catalog") == 2
+                             and dev.subscribes.get("mobileposition") == 2, 5)
+            assert dev.registrations == registrations  # not a new REGISTER: the restore did it
+    finally:
+        if sim is not None:
+            await sim.stop()
+
+
+async def test_failed_subscription_resumes_when_the_device_is_back_online(tmp_path: Path) -> None:
+    cfg = events_config(tmp_path, keepalive_interval=0.5, keepalive_count=2, subscribe_retry=0.3,
+                        position_subscribe_expires=0)
+    async with running_gateway(cfg) as gw:
+        sim = await started(gw, keepalive_interval=0.2)
+        dev = sim.devices[0]
+        http = Http(gw.http.port)
+        loop = asyncio.get_running_loop()
+
+        async def alarm_status(want: str) -> None:
+            deadline = loop.time() + 5
+            while (status := (await subscriptions(http, dev.device_id))["Alarm"]["status"]) != want:
+                assert loop.time() < deadline, status
+                await asyncio.sleep(0.05)
+
+        try:
+            await alarm_status("active")
+            dev.refuse_events["alarm"] = 403  # the refresh is refused, then the new SUBSCRIBE too
+            dev.stop_keepalive()
+            await alarm_status("failed")
+            await wait_until(lambda: not gw.devices.get(dev.device_id).rec.online, 5)  # type: ignore[union-attr]
+            del dev.refuse_events["alarm"]
+            asked = dev.subscribes["alarm"]
+            await asyncio.sleep(0.8)  # offline: not retried
+            assert dev.subscribes["alarm"] == asked
+            dev.resume_keepalive()  # back online by keepalive alone (no REGISTER): the lapsed one restarts
+            await alarm_status("active")
+            assert dev.subscribes["alarm"] == asked + 1
+        finally:
+            await http.close()
+            await sim.stop()
