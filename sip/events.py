@@ -62,6 +62,7 @@ from datetime import datetime
 from sip import manscdp
 from sip.errors import MalformedMessage
 from sip.manscdp import Element, Field, ManscdpDocument
+from sip.ptz import check_int
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -158,11 +159,7 @@ def _check_time(value: object) -> str:
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise EventError(f"{name} must be an int {lo}..{hi}, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise EventError(f"{name} must be {lo}..{hi}, got {value}")
-    return value
+    return check_int(name, value, lo, hi, EventError)
 
 
 def _format(name: str, value: float) -> str:

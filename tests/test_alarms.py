@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gw_util import running_gateway, sample
+from site_util import site
 from test_api import Http, metric
 from test_streams import config, started, wait_until
 
@@ -59,93 +60,81 @@ def rows(path: Path) -> list[tuple[Any, ...]]:
 
 
 async def test_alarm_reaches_api_stream_metrics_store_and_device(tmp_path: Path) -> None:
-    async with running_gateway(alarm_config(tmp_path, rate=100)) as gw:
-        sim = await started(gw)
-        http = Http(gw.http.port)
-        try:
-            dev = sim.devices[0]
-            before = sample("gb28181_alarms_total", {"priority": "1", "method": "5"})
-            async with http.session.get(http.base + "/api/v1/alarms/stream") as stream:
-                assert stream.status == 200
-                assert stream.headers["Content-Type"].startswith("text/event-stream")
-                kind, _ = await next_event(stream)
-                assert kind == ""  # the opening comment: the subscription is live
-                resp = await dev.raise_alarm(1, 5, CHINESE, alarm_type=2, longitude=116.397, latitude=39.908,
-                                             form="MESSAGE")
-                assert resp is not None and resp.status == 200
-                kind, lines = await next_event(stream)
-                assert kind == "alarm"
-                data = json.loads(next(ln[len("data: "):] for ln in lines if ln.startswith("data: ")))
-            assert data["device_id"] == dev.device_id
-            assert data["channel_id"] == dev.channel_ids[0]
-            assert (data["priority"], data["method"], data["alarm_type"]) == (1, 5, 2)
-            assert data["description"] == CHINESE  # GB2312 on the wire
-            assert (data["longitude"], data["latitude"]) == (116.397, 39.908)
-            assert data["sip_method"] == "MESSAGE"
-            # The separate Response MESSAGE (§9.4.2) reaches the device.
-            await wait_until(lambda: dev.alarm_responses)
-            answer = dev.alarm_responses[0]
-            assert (answer.root, answer.cmd_type, answer.device_id) == ("Response", "Alarm", dev.channel_ids[0])
-            assert answer.text("Result") == "OK"
-            assert answer.encoding == "GB2312"
-            await wait_until(lambda: gw.alarms.responses_sent == 1)
-            # REST API.
-            status, body, _ = await http.get("/api/v1/alarms")
-            assert status == 200 and body["total"] == 1
-            assert body["alarms"][0] == data
-            # Metrics.
-            status, text, _ = await http.get("/metrics")
-            assert metric(text, "gb28181_alarms_total", 'method="5",priority="1"') == before + 1
-            # SQLite (the file itself).
-            await gw.store.flush()
-            stored = rows(tmp_path / STORE_FILE)
-            assert stored == [(data["id"], dev.device_id, dev.channel_ids[0], 1, 5, CHINESE, 2, "MESSAGE")]
-            # The NOTIFY form: 200 OK and stored, no Response MESSAGE.
-            resp = await dev.raise_alarm(3, 2, "notify form", form="NOTIFY")
+    async with site(alarm_config(tmp_path, rate=100)) as (gw, sim, http):
+        dev = sim.devices[0]
+        before = sample("gb28181_alarms_total", {"priority": "1", "method": "5"})
+        async with http.session.get(http.base + "/api/v1/alarms/stream") as stream:
+            assert stream.status == 200
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            kind, _ = await next_event(stream)
+            assert kind == ""  # the opening comment: the subscription is live
+            resp = await dev.raise_alarm(1, 5, CHINESE, alarm_type=2, longitude=116.397, latitude=39.908,
+                                         form="MESSAGE")
             assert resp is not None and resp.status == 200
-            status, body, _ = await http.get("/api/v1/alarms")
-            assert [a["sip_method"] for a in body["alarms"]] == ["NOTIFY", "MESSAGE"]  # newest first
-            await asyncio.sleep(0.3)
-            assert len(dev.alarm_responses) == 1
-        finally:
-            await http.close()
-            await sim.stop()
+            kind, lines = await next_event(stream)
+            assert kind == "alarm"
+            data = json.loads(next(ln[len("data: "):] for ln in lines if ln.startswith("data: ")))
+        assert data["device_id"] == dev.device_id
+        assert data["channel_id"] == dev.channel_ids[0]
+        assert (data["priority"], data["method"], data["alarm_type"]) == (1, 5, 2)
+        assert data["description"] == CHINESE  # GB2312 on the wire
+        assert (data["longitude"], data["latitude"]) == (116.397, 39.908)
+        assert data["sip_method"] == "MESSAGE"
+        # The separate Response MESSAGE (§9.4.2) reaches the device.
+        await wait_until(lambda: dev.alarm_responses)
+        answer = dev.alarm_responses[0]
+        assert (answer.root, answer.cmd_type, answer.device_id) == ("Response", "Alarm", dev.channel_ids[0])
+        assert answer.text("Result") == "OK"
+        assert answer.encoding == "GB2312"
+        await wait_until(lambda: gw.alarms.responses_sent == 1)
+        # REST API.
+        status, body, _ = await http.get("/api/v1/alarms")
+        assert status == 200 and body["total"] == 1
+        assert body["alarms"][0] == data
+        # Metrics.
+        status, text, _ = await http.get("/metrics")
+        assert metric(text, "gb28181_alarms_total", 'method="5",priority="1"') == before + 1
+        # SQLite (the file itself).
+        await gw.store.flush()
+        stored = rows(tmp_path / STORE_FILE)
+        assert stored == [(data["id"], dev.device_id, dev.channel_ids[0], 1, 5, CHINESE, 2, "MESSAGE")]
+        # The NOTIFY form: 200 OK and stored, no Response MESSAGE.
+        resp = await dev.raise_alarm(3, 2, "notify form", form="NOTIFY")
+        assert resp is not None and resp.status == 200
+        status, body, _ = await http.get("/api/v1/alarms")
+        assert [a["sip_method"] for a in body["alarms"]] == ["NOTIFY", "MESSAGE"]  # newest first
+        await asyncio.sleep(0.3)
+        assert len(dev.alarm_responses) == 1
 
 
 async def test_filters_and_bad_queries(tmp_path: Path) -> None:
-    async with running_gateway(alarm_config(tmp_path, rate=1000)) as gw:
-        sim = await started(gw, devices=2)
-        http = Http(gw.http.port)
-        try:
-            await wait_until(lambda: all(gw.devices.get(d.device_id) is not None for d in sim.devices), 10)
-            await wait_until(lambda: all(d.registered for d in sim.devices), 10)
-            a, b = sim.devices
-            for priority in (1, 2, 3):
-                assert (await a.raise_alarm(priority, 5, f"a{priority}")).status == 200  # type: ignore[union-attr]
-            middle = gw.alarms._wall()
-            await asyncio.sleep(0.05)
-            assert (await b.raise_alarm(1, 6, "b1")).status == 200  # type: ignore[union-attr]
+    async with site(alarm_config(tmp_path, rate=1000), devices=2) as (gw, sim, http):
+        await wait_until(lambda: all(gw.devices.get(d.device_id) is not None for d in sim.devices), 10)
+        await wait_until(lambda: all(d.registered for d in sim.devices), 10)
+        a, b = sim.devices
+        for priority in (1, 2, 3):
+            assert (await a.raise_alarm(priority, 5, f"a{priority}")).status == 200  # type: ignore[union-attr]
+        middle = gw.alarms._wall()
+        await asyncio.sleep(0.05)
+        assert (await b.raise_alarm(1, 6, "b1")).status == 200  # type: ignore[union-attr]
 
-            async def descriptions(query: str) -> list[str]:
-                status, body, _ = await http.get("/api/v1/alarms" + query)
-                assert status == 200, body
-                return [x["description"] for x in body["alarms"]]
+        async def descriptions(query: str) -> list[str]:
+            status, body, _ = await http.get("/api/v1/alarms" + query)
+            assert status == 200, body
+            return [x["description"] for x in body["alarms"]]
 
-            assert await descriptions("") == ["b1", "a3", "a2", "a1"]
-            assert await descriptions(f"?device_id={a.device_id}") == ["a3", "a2", "a1"]
-            assert await descriptions("?priority=1") == ["b1", "a1"]
-            assert await descriptions(f"?since={middle}") == ["b1"]
-            assert await descriptions(f"?until={middle}") == ["a3", "a2", "a1"]
-            assert await descriptions("?since=2000-01-01T00:00:00&limit=2") == ["b1", "a3"]
-            assert await descriptions(f"?device_id={b.device_id}&priority=2") == []
-            for query, reason in (("?priority=5", "priority must be 1..4"), ("?limit=0", "limit"),
-                                  ("?device_id=12", "device_id must be 20 digits"),
-                                  ("?since=yesterday", "since must be epoch seconds or ISO 8601")):
-                status, body, _ = await http.get("/api/v1/alarms" + query)
-                assert status == 400 and reason in body["error"]["reason"], (query, body)
-        finally:
-            await http.close()
-            await sim.stop()
+        assert await descriptions("") == ["b1", "a3", "a2", "a1"]
+        assert await descriptions(f"?device_id={a.device_id}") == ["a3", "a2", "a1"]
+        assert await descriptions("?priority=1") == ["b1", "a1"]
+        assert await descriptions(f"?since={middle}") == ["b1"]
+        assert await descriptions(f"?until={middle}") == ["a3", "a2", "a1"]
+        assert await descriptions("?since=2000-01-01T00:00:00&limit=2") == ["b1", "a3"]
+        assert await descriptions(f"?device_id={b.device_id}&priority=2") == []
+        for query, reason in (("?priority=5", "priority must be 1..4"), ("?limit=0", "limit"),
+                              ("?device_id=12", "device_id must be 20 digits"),
+                              ("?since=yesterday", "since must be epoch seconds or ISO 8601")):
+            status, body, _ = await http.get("/api/v1/alarms" + query)
+            assert status == 400 and reason in body["error"]["reason"], (query, body)
 
 
 async def test_flood_is_rate_limited_but_first_passes(tmp_path: Path) -> None:
@@ -263,90 +252,78 @@ async def opened(resp: aiohttp.ClientResponse) -> None:
 
 
 async def test_stream_replays_missed_alarms_then_live_ones(tmp_path: Path) -> None:
-    async with running_gateway(alarm_config(tmp_path, rate=1000)) as gw:
-        sim = await started(gw)
-        http = Http(gw.http.port)
+    async with site(alarm_config(tmp_path, rate=1000)) as (gw, sim, http):
         url = http.base + "/api/v1/alarms/stream"
-        try:
-            dev = sim.devices[0]
-            async with http.session.get(url) as stream:
-                await opened(stream)
-                for n in (1, 2, 3):
-                    assert (await dev.raise_alarm(2, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
-                assert await alarm_events(stream, 3) == [(1, "a1"), (2, "a2"), (3, "a3")]
-            # Disconnected: 4..6 are missed. They are still pending in the write-behind store (flush_interval):
-            # the replay writes them first.
-            for n in (4, 5, 6):
+        dev = sim.devices[0]
+        async with http.session.get(url) as stream:
+            await opened(stream)
+            for n in (1, 2, 3):
                 assert (await dev.raise_alarm(2, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
-            async with http.session.get(url, headers={"Last-Event-ID": "3"}) as stream:
+            assert await alarm_events(stream, 3) == [(1, "a1"), (2, "a2"), (3, "a3")]
+        # Disconnected: 4..6 are missed. They are still pending in the write-behind store (flush_interval):
+        # the replay writes them first.
+        for n in (4, 5, 6):
+            assert (await dev.raise_alarm(2, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
+        async with http.session.get(url, headers={"Last-Event-ID": "3"}) as stream:
+            await opened(stream)
+            assert await alarm_events(stream, 3) == [(4, "a4"), (5, "a5"), (6, "a6")]
+            assert (await dev.raise_alarm(2, 5, "a7")).status == 200  # type: ignore[union-attr]
+            assert await alarm_events(stream, 1) == [(7, "a7")]
+
+        # Alarms raised while the replay reads the store: the one stored before the read comes in the replay
+        # (and its live copy is dropped), the one after it comes live; neither twice, none lost.
+        real = gw.store.alarms
+
+        async def racing(**kw: Any) -> list[AlarmRecord]:
+            assert (await dev.raise_alarm(2, 5, "during")).status == 200  # type: ignore[union-attr]
+            records = await real(**kw)
+            assert (await dev.raise_alarm(2, 5, "after")).status == 200  # type: ignore[union-attr]
+            return records
+
+        gw.store.alarms = racing  # type: ignore[method-assign]
+        try:
+            async with http.session.get(url, headers={"Last-Event-ID": "6"}) as stream:
                 await opened(stream)
-                assert await alarm_events(stream, 3) == [(4, "a4"), (5, "a5"), (6, "a6")]
-                assert (await dev.raise_alarm(2, 5, "a7")).status == 200  # type: ignore[union-attr]
-                assert await alarm_events(stream, 1) == [(7, "a7")]
-
-            # Alarms raised while the replay reads the store: the one stored before the read comes in the replay
-            # (and its live copy is dropped), the one after it comes live; neither twice, none lost.
-            real = gw.store.alarms
-
-            async def racing(**kw: Any) -> list[AlarmRecord]:
-                assert (await dev.raise_alarm(2, 5, "during")).status == 200  # type: ignore[union-attr]
-                records = await real(**kw)
-                assert (await dev.raise_alarm(2, 5, "after")).status == 200  # type: ignore[union-attr]
-                return records
-
-            gw.store.alarms = racing  # type: ignore[method-assign]
-            try:
-                async with http.session.get(url, headers={"Last-Event-ID": "6"}) as stream:
-                    await opened(stream)
-                    assert await alarm_events(stream, 3) == [(7, "a7"), (8, "during"), (9, "after")]
-                    gw.store.alarms = real  # type: ignore[method-assign]
-                    assert (await dev.raise_alarm(2, 5, "a10")).status == 200  # type: ignore[union-attr]
-                    assert await alarm_events(stream, 1) == [(10, "a10")]
-            finally:
+                assert await alarm_events(stream, 3) == [(7, "a7"), (8, "during"), (9, "after")]
                 gw.store.alarms = real  # type: ignore[method-assign]
-
-            # The query form (a first connection cannot set headers); the header wins over it.
-            async with http.session.get(url + "?last_event_id=8", headers={"Last-Event-ID": "9"}) as stream:
-                await opened(stream)
+                assert (await dev.raise_alarm(2, 5, "a10")).status == 200  # type: ignore[union-attr]
                 assert await alarm_events(stream, 1) == [(10, "a10")]
         finally:
-            await http.close()
-            await sim.stop()
+            gw.store.alarms = real  # type: ignore[method-assign]
+
+        # The query form (a first connection cannot set headers); the header wins over it.
+        async with http.session.get(url + "?last_event_id=8", headers={"Last-Event-ID": "9"}) as stream:
+            await opened(stream)
+            assert await alarm_events(stream, 1) == [(10, "a10")]
 
 
 async def test_stream_replay_beyond_newest_gap_and_bad_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_gateway(alarm_config(tmp_path, rate=1000)) as gw:
-        sim = await started(gw)
-        http = Http(gw.http.port)
+    async with site(alarm_config(tmp_path, rate=1000)) as (gw, sim, http):
         url = http.base + "/api/v1/alarms/stream"
-        try:
-            dev = sim.devices[0]
-            for n in range(1, 7):
-                assert (await dev.raise_alarm(3, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
-            # Beyond the newest (the client saw it, or the database was replaced): no replay, every live alarm.
-            async with http.session.get(url + "?last_event_id=1000") as stream:
-                await opened(stream)
-                assert (await dev.raise_alarm(3, 5, "a7")).status == 200  # type: ignore[union-attr]
-                assert await alarm_events(stream, 1) == [(7, "a7")]
-            # More missed than the replay limit: one gap event names how many, then the newest ones.
-            monkeypatch.setattr(alarms_module, "REPLAY_LIMIT", 2)
-            async with http.session.get(url, headers={"Last-Event-ID": "0"}) as stream:
-                await opened(stream)
-                kind, lines = await next_event(stream)
-                assert kind == "gap" and not any(ln.startswith("id:") for ln in lines), lines
-                assert json.loads(lines[-1][len("data: "):]) == {"after": 0, "skipped": 5, "next_id": 6}
-                assert await alarm_events(stream, 2) == [(6, "a6"), (7, "a7")]
-            live = gw.alarms.subscribers  # the streams closed above end at their next write (keepalive)
-            for value, name in (("abc", "Last-Event-ID"), ("-1", "Last-Event-ID"), ("1.5", "Last-Event-ID"),
-                                ("9" * 19, "Last-Event-ID")):
-                status, body, _ = await http.get("/api/v1/alarms/stream", headers={"Last-Event-ID": value})
-                assert status == 400 and body["error"]["reason"].startswith(f"{name} must be an alarm id"), body
-            status, body, _ = await http.get("/api/v1/alarms/stream?last_event_id=x")
-            assert status == 400 and body["error"]["reason"].startswith("last_event_id must be"), body
-            assert gw.alarms.subscribers == live  # a refused stream leaves no subscription behind
-        finally:
-            await http.close()
-            await sim.stop()
+        dev = sim.devices[0]
+        for n in range(1, 7):
+            assert (await dev.raise_alarm(3, 5, f"a{n}")).status == 200  # type: ignore[union-attr]
+        # Beyond the newest (the client saw it, or the database was replaced): no replay, every live alarm.
+        async with http.session.get(url + "?last_event_id=1000") as stream:
+            await opened(stream)
+            assert (await dev.raise_alarm(3, 5, "a7")).status == 200  # type: ignore[union-attr]
+            assert await alarm_events(stream, 1) == [(7, "a7")]
+        # More missed than the replay limit: one gap event names how many, then the newest ones.
+        monkeypatch.setattr(alarms_module, "REPLAY_LIMIT", 2)
+        async with http.session.get(url, headers={"Last-Event-ID": "0"}) as stream:
+            await opened(stream)
+            kind, lines = await next_event(stream)
+            assert kind == "gap" and not any(ln.startswith("id:") for ln in lines), lines
+            assert json.loads(lines[-1][len("data: "):]) == {"after": 0, "skipped": 5, "next_id": 6}
+            assert await alarm_events(stream, 2) == [(6, "a6"), (7, "a7")]
+        live = gw.alarms.subscribers  # the streams closed above end at their next write (keepalive)
+        for value, name in (("abc", "Last-Event-ID"), ("-1", "Last-Event-ID"), ("1.5", "Last-Event-ID"),
+                            ("9" * 19, "Last-Event-ID")):
+            status, body, _ = await http.get("/api/v1/alarms/stream", headers={"Last-Event-ID": value})
+            assert status == 400 and body["error"]["reason"].startswith(f"{name} must be an alarm id"), body
+        status, body, _ = await http.get("/api/v1/alarms/stream?last_event_id=x")
+        assert status == 400 and body["error"]["reason"].startswith("last_event_id must be"), body
+        assert gw.alarms.subscribers == live  # a refused stream leaves no subscription behind
 
 
 # --- reload ---------------------------------------------------------------------------------------------------
