@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import devices_bench, media_bench, rtsp_bench, sip_bench, streams_bench, webrtc_bench
+from . import devices_bench, events_bench, media_bench, rtsp_bench, sip_bench, streams_bench, webrtc_bench
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
     streams_bench.main(quick=args.quick)
     rtsp_bench.main(quick=args.quick)
     webrtc_bench.main(quick=args.quick)
+    events_bench.main(quick=args.quick)
 
 
 if __name__ == "__main__":

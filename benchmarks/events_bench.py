@@ -19,13 +19,16 @@ round robin) keeping ``WINDOW`` outstanding; any final answer frees a slot:
    (``sip.events.build_position_notify``): notifications/s, positions/s, gateway CPU µs per notification; the
    gateway's fix counter and its in-memory latest-per-channel table are checked at the end.
 2. **Alarms**: ``MESSAGE`` ``<Notify><CmdType>Alarm`` with one Server-Sent Events client (aiohttp, in its own
-   process) on ``GET /api/v1/alarms/stream`` counting ``event: alarm``. For each alarm the gateway also sends the
-   standard's ``<Response><CmdType>Alarm`` MESSAGE to the device (the simulator answers it ``200``). Figures: the
-   rate of ``200`` answers to the load client, then end to end: until every alarm is answered, stored (the SQLite
-   row count equals the number sent, after ``Store.flush``), received by the SSE client and its Response
-   MESSAGE answered; gateway CPU per alarm over that whole window (write-behind and Response MESSAGEs included).
-3. **Baseline**: the bare uvloop echo of ``sip_bench`` (a canned ``200`` to every datagram: the same I/O without
-   our logic) fed the same datagrams by the same client with the same window.
+   process, a fresh one per run) on ``GET /api/v1/alarms/stream`` counting ``event: alarm``. For each alarm the
+   gateway also sends the standard's ``<Response><CmdType>Alarm`` MESSAGE to the device (the simulator answers it
+   ``200``). A flood (window ``WINDOW``), then paced runs (a fixed rate, not a capacity: does the SSE client keep
+   up?). Figures: the rate of ``200`` answers to the load client, then end to end: until every alarm is answered,
+   stored (the SQLite row count grew by the number sent, after ``Store.flush``), received by the SSE client (or
+   its stream was ended by the gateway: a subscriber ``alarms.SUBSCRIBER_QUEUE`` alarms behind is dropped) and
+   its Response MESSAGE answered; gateway CPU per alarm over that whole window (write-behind and Response
+   MESSAGEs included).
+3. **Baseline**: a bare uvloop echo (``sip_bench``'s canned ``200`` to every datagram: the same I/O without our
+   logic, with the gateway's 4 MiB socket receive buffer) fed the same datagrams by the same client, same window.
 
 The load generator's CPU share is printed beside every rate: on this 2-core machine whichever side is near 100 %
 was the bottleneck. ``python -m benchmarks.events_bench [--quick]``.
@@ -37,8 +40,11 @@ import argparse
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import uvloop
@@ -50,6 +56,7 @@ from .devices_bench import (
     DOMAIN,
     FIRST_ID,
     PLATFORM,
+    ROOT,
     WINDOW,
     Child,
     Measured,
@@ -60,11 +67,10 @@ from .devices_bench import (
     device_ids,
     measure_load,
     run_client,
-    start_echo,
     start_sim,
     wait_until,
 )
-from .sip_bench import cpu_seconds
+from .sip_bench import CANNED_200, cpu_seconds
 
 LIST_ITEMS = 8
 ALARM_RATE = 10_000.0
@@ -127,6 +133,36 @@ async def _gateway(reply_fd: int, state_dir: str) -> None:
     commands.reply({"port": sip.port, "http": gw.http.port})
     await commands.done.wait()
     os._exit(0)  # the figures are taken; a clean stop is not what is measured
+
+
+# ------------------------------------------------------------------------------------------------ baseline process
+async def serve_echo(ready: int) -> None:
+    """``sip_bench``'s bare echo (a canned 200 to every datagram), with the gateway's 4 MiB receive buffer: a
+    2.5 KB list NOTIFY takes ~4.6 KB of the default 208 KiB, so 64 in flight would overflow it and be lost."""
+    from gateway.netutil import grow_receive_buffer
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+            grow_receive_buffer(transport, 4 << 20)
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+            self.t.sendto(CANNED_200, addr)  # type: ignore[attr-defined]
+
+    udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    os.write(ready, f"{udp.get_extra_info('sockname')[1]}\n".encode())
+    await asyncio.Event().wait()
+
+
+def start_echo() -> tuple[subprocess.Popen[bytes], int]:
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"import benchmarks.events_bench as b, uvloop; uvloop.run(b.serve_echo({w}))"],
+        pass_fds=(w,), cwd=ROOT,
+    )
+    os.close(w)
+    with os.fdopen(r) as f:
+        return proc, int(f.readline())
 
 
 # ------------------------------------------------------------------------------------------------ SSE client process
@@ -211,6 +247,90 @@ def alarm_datagrams(devices: list[str], total: int) -> list[bytes]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ alarm runs
+class _Paced(_Window):
+    """Sends prebuilt datagrams at ``rate`` per second (whatever is answered); any final response is counted."""
+
+    def __init__(self, datagrams: list[bytes], rate: float) -> None:
+        super().__init__(datagrams)
+        self.rate = rate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
+        self.start = self.loop.time()
+        self._tick()
+
+    def _tick(self) -> None:
+        due = min(len(self.datagrams), int((self.loop.time() - self.start) * self.rate) + 1)
+        while self.sent < due:
+            self.t.sendto(self.datagrams[self.sent])
+            self.sent += 1
+        if self.sent < len(self.datagrams):
+            self.loop.call_later(0.002, self._tick)
+
+    def next(self) -> None:
+        pass  # paced: an answer does not send the next one
+
+
+@dataclass
+class AlarmRun:
+    sent: int
+    answered: Measured      # until the last 200
+    end_to_end: Measured    # until stored, on the SSE stream (or the stream ended) and every Response answered
+    answered_s: float
+    end_s: float
+    accepted: float
+    suppressed: float
+    rows: int               # SQLite rows added
+    sse_events: int
+    sse_ended: bool         # the gateway ended the stream (a subscriber SUBSCRIBER_QUEUE alarms behind is dropped)
+    responses_ok: int
+    responses_failed: int
+    sim_share: float
+    sse_share: float
+
+
+def alarm_run(gw: Child, sim: Child, port: int, http_port: int, proto: _Window, notes: list[str],
+              name: str) -> AlarmRun:
+    """Send ``proto``'s alarms with a fresh SSE subscriber connected; wait until stored, streamed and answered."""
+    sent = len(proto.datagrams)
+    sse = Child(f"import benchmarks.events_bench as b; b.sse_main(FD, {http_port})")
+    try:
+        if wait_until(lambda: gw.ask("stats")["sse_subscribers"] >= 1, 10) is None:
+            notes.append(f"alarms {name}: the SSE client did not subscribe")
+        rows0 = gw.ask("stored")["rows"]
+        st0 = gw.ask("stats")
+        gw_cpu0, sim_cpu0, sse_cpu0 = cpu_seconds(gw.pid), cpu_seconds(sim.pid), cpu_seconds(sse.pid)
+        answered, load = measure_load(gw.pid, run_client, port, proto)
+        t1 = time.monotonic()
+
+        def drained() -> bool:
+            st = gw.ask("stats")
+            sse_state = sse.ask("count")
+            return (st["store_pending"] == 0 and (sse_state["events"] >= sent or sse_state["ended"])
+                    and st["responses_sent"] + st["responses_failed"] - st0["responses_sent"]
+                    - st0["responses_failed"] >= load.done)
+
+        if wait_until(drained, 20, 0.01) is None:
+            notes.append(f"alarms {name}: not all stored / streamed / Response answered within 20 s")
+        end_s = time.monotonic() - t1 + load.seconds
+        gw_cpu = cpu_seconds(gw.pid) - gw_cpu0
+        sim_cpu, sse_cpu = cpu_seconds(sim.pid) - sim_cpu0, cpu_seconds(sse.pid) - sse_cpu0
+        rows = gw.ask("stored")["rows"] - rows0
+        sse_state = sse.ask("count")
+        st1 = gw.ask("stats")
+    finally:
+        sse.close()
+    if load.done < sent or _fmt_status(load.statuses):
+        notes.append(f"alarms {name}: {load.done} of {sent} answered;" + _fmt_status(load.statuses))
+    e2e = Measured(load.done / end_s, gw_cpu / max(1, load.done) * 1e6, gw_cpu / end_s, load.client_cpu / end_s)
+    return AlarmRun(sent, answered, e2e, load.seconds, end_s, st1["alarms"] - st0["alarms"],
+                    st1["suppressed"] - st0["suppressed"], rows, sse_state["events"], sse_state["ended"],
+                    st1["responses_sent"] - st0["responses_sent"],
+                    st1["responses_failed"] - st0["responses_failed"], sim_cpu / end_s, sse_cpu / end_s)
+
+
 # ------------------------------------------------------------------------------------------------ report
 def _row(name: str, m: Measured, base: Measured | None, per_note: str = "") -> None:
     b_rate = f"{base.rate:>12,.0f}{m.rate / base.rate:>7.2f}" if base else f"{'–':>12}{'–':>7}"
@@ -224,7 +344,8 @@ def main(quick: bool = False) -> None:
     singles = 4000 if quick else 30_000
     lists = 2000 if quick else 10_000
     alarms = 2000 if quick else 10_000
-    base_ops = 10_000 if quick else BASELINE_OPS
+    paced = [(500, 1.0)] if quick else [(250, 3.0), (1000, 3.0)]  # (alarms/s, seconds): does the SSE keep up?
+    base_ops = BASELINE_OPS if quick else 3 * BASELINE_OPS
     ids = device_ids(FIRST_ID, n)
     print(f"Device event notifications through real UDP sockets on 127.0.0.1 ({n:,} registered devices, raw-client "
           f"window {WINDOW}, alarm_rate {ALARM_RATE:g}/s, subscriptions off; {os.cpu_count()} CPUs)")
@@ -235,7 +356,6 @@ def main(quick: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="events-bench-") as tmp:
         gw = Child(f"import benchmarks.events_bench as b; b.gateway_main(FD, {os.path.join(tmp, 'g')!r})")
         sim: Child | None = None
-        sse: Child | None = None
         try:
             port, http_port = gw.hello["port"], gw.hello["http"]
             sim = start_sim(port, n, 3600.0)
@@ -259,46 +379,17 @@ def main(quick: bool = False) -> None:
             if fixes != singles + lists * LIST_ITEMS:
                 notes.append(f"positions: {fixes:.0f} fixes counted, {singles + lists * LIST_ITEMS} sent")
 
-            # ---- 2. alarms with one SSE subscriber
-            sse = Child(f"import benchmarks.events_bench as b; b.sse_main(FD, {http_port})")
-            if wait_until(lambda: gw.ask("stats")["sse_subscribers"] >= 1, 10) is None:
-                notes.append("the SSE client did not subscribe")
-            rows0 = gw.ask("stored")["rows"]
-            ev0 = sse.ask("count")["events"]
-            st0 = gw.ask("stats")
-            gw_cpu0, sim_cpu0, sse_cpu0 = cpu_seconds(gw.pid), cpu_seconds(sim.pid), cpu_seconds(sse.pid)
-            alarm, alarm_load = measure_load(gw.pid, run_client, port, _Window(alarm_dgrams))
-            t_answered = alarm_load.seconds
-            t1 = time.monotonic()
-
-            def drained() -> bool:
-                st = gw.ask("stats")
-                return (st["store_pending"] == 0 and sse.ask("count")["events"] - ev0 >= alarms
-                        and st["responses_sent"] + st["responses_failed"] - st0["responses_sent"]
-                        - st0["responses_failed"] >= alarms)
-
-            if wait_until(drained, 30, 0.01) is None:
-                notes.append("alarms: not all stored / published / Response answered within 30 s")
-            t_end = time.monotonic() - t1 + t_answered
-            gw_cpu = cpu_seconds(gw.pid) - gw_cpu0
-            sim_cpu, sse_cpu = cpu_seconds(sim.pid) - sim_cpu0, cpu_seconds(sse.pid) - sse_cpu0
-            rows = gw.ask("stored")["rows"] - rows0
-            sse_state = sse.ask("count")
-            st1 = gw.ask("stats")
-            e2e = Measured(alarms / t_end, gw_cpu / alarms * 1e6, gw_cpu / t_end,
-                           alarm_load.client_cpu / t_end)
-            if alarm_load.done < alarms or _fmt_status(alarm_load.statuses):
-                notes.append(f"alarms: {alarm_load.done} of {alarms} answered;" + _fmt_status(alarm_load.statuses))
-            accepted = st1["alarms"] - st0["alarms"]
-            suppressed = st1["suppressed"] - st0["suppressed"]
-            resp_ok = st1["responses_sent"] - st0["responses_sent"]
-            resp_bad = st1["responses_failed"] - st0["responses_failed"]
-            sse_events = sse_state["events"] - ev0
-            final = st1
+            # ---- 2. alarms with one SSE subscriber (a fresh one per run: a subscriber that falls behind is dropped)
+            flood = alarm_run(gw, sim, port, http_port, _Window(alarm_dgrams), notes, "flood")
+            paced_runs = []
+            for rate, seconds in paced:
+                dgrams = alarm_datagrams(ids, int(rate * seconds))
+                paced_runs.append((rate, alarm_run(gw, sim, port, http_port, _Paced(dgrams, rate), notes,
+                                                   f"paced {rate}/s")))
+            final = gw.ask("stats")
         finally:
-            for child in (sse, sim):
-                if child is not None:
-                    child.close()
+            if sim is not None:
+                sim.close()
             gw.close()
 
     # ---- 3. baseline: the bare echo on the same datagrams
@@ -320,21 +411,25 @@ def main(quick: bool = False) -> None:
     _row("position NOTIFY, 2016 single", single, base_single)
     _row(f"position NOTIFY, 2022 list x{LIST_ITEMS}", lst, base_list,
          f"   {lst.rate * LIST_ITEMS:,.0f} positions/s, {lst.gw_us / LIST_ITEMS:.1f} µs/position")
-    _row("alarm MESSAGE: answered 200", alarm, base_alarm)
-    _row("  end to end (stored, SSE, Resp)", e2e, base_alarm)
-    print(f"  (sizes: single {len(single_dgrams[0])} B, list {len(list_dgrams[0])} B, alarm {len(alarm_dgrams[0])} B;"
-          f" µs/op: gateway CPU per request, all threads. Alarm 'answered 200': until the last 200; 'end to end':\n"
-          f"   until every alarm is stored, on the SSE stream and its Response MESSAGE answered, CPU over that window)")
+    _row("alarm MESSAGE flood: answered 200", flood.answered, base_alarm)
+    _row("  end to end (stored, SSE, Resp)", flood.end_to_end, base_alarm)
+    for rate, run in paced_runs:
+        _row(f"alarm MESSAGE paced {rate}/s: e2e", run.end_to_end, None)
+    print(f"  (sizes: single {len(single_dgrams[0])} B, list {len(list_dgrams[0])} B, alarm {len(alarm_dgrams[0])} B."
+          f" µs/op: gateway CPU per request, all threads. Alarms: 'answered 200' until the last 200; 'end to end'\n"
+          f"   until every alarm is stored, streamed (or the stream ended) and its Response MESSAGE answered, CPU over"
+          f" that window; paced: sent at that rate, not a capacity)")
     print(f"positions: {fixes:,.0f} fixes accepted ({singles:,} single + {lists:,} x {LIST_ITEMS}); latest kept per "
           f"(device, channel): {after_pos['positions_kept']:,}")
-    print(f"alarms: {alarms:,} sent, {accepted:,.0f} accepted, {suppressed:,.0f} suppressed; SQLite rows +{rows:,} "
-          f"({'= sent' if rows == alarms else 'MISMATCH'}); SSE client received {sse_events:,} "
-          f"({'all' if sse_events == alarms else 'MISSING ' + str(alarms - sse_events)}"
-          f"{', stream ended' if sse_state['ended'] else ''}); Response MESSAGEs answered {resp_ok:,}, failed "
-          f"{resp_bad:,}; all done {t_end:.2f} s after the first send (last 200 at {t_answered:.2f} s)")
-    print(f"  simulator CPU (answering the Response MESSAGEs) {sim_cpu / t_end:.0%}, SSE client CPU "
-          f"{sse_cpu / t_end:.0%} of a core; {n:,} devices registered by the simulator in {reg_s:.1f} s; gateway "
-          f"drops {final['dropped'] or 'none'}")
+    for name, run in [("flood", flood), *((f"paced {rate}/s", run) for rate, run in paced_runs)]:
+        sse = "all" if run.sse_events == run.sent else f"MISSING {run.sent - run.sse_events:,}"
+        print(f"alarms {name}: {run.sent:,} sent, {run.accepted:,.0f} accepted, {run.suppressed:,.0f} suppressed; "
+              f"SQLite rows +{run.rows:,} ({'= sent' if run.rows == run.sent else 'MISMATCH'}); SSE client received "
+              f"{run.sse_events:,} ({sse}{', stream ended by the gateway' if run.sse_ended else ''}); Response "
+              f"MESSAGEs answered {run.responses_ok:,}, failed {run.responses_failed:,}; done {run.end_s:.2f} s "
+              f"after the first send (last 200 at {run.answered_s:.2f} s); simulator CPU {run.sim_share:.0%}, SSE "
+              f"client {run.sse_share:.0%}")
+    print(f"  {n:,} devices registered by the simulator in {reg_s:.1f} s; gateway drops {final['dropped'] or 'none'}")
     for note in notes:
         print(f"  note: {note}")
 

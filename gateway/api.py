@@ -349,11 +349,17 @@ class HttpApi:
                 except TimeoutError:
                     await resp.write(b": keepalive\n\n")
                     continue
+                # Everything queued goes in one write: a flood is written as fast as it is published (one
+                # write per alarm falls behind the SIP side, which handles a batch of datagrams per loop turn).
+                batch = [rec]
+                while rec is not None and not sub.queue.empty():
+                    rec = sub.queue.get_nowait()
+                    batch.append(rec)
+                chunk = b"".join(self._sse_alarm(r) for r in batch if r is not None and r.id > floor)  # > floor:
+                if chunk:  # not replayed, nor seen by the client before it reconnected
+                    await resp.write(chunk)
                 if rec is None:
                     break
-                if rec.id <= floor:  # replayed, or seen by the client before it reconnected
-                    continue
-                await resp.write(self._sse_alarm(rec))
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
