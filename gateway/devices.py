@@ -150,6 +150,8 @@ class DeviceRegistry:
         self.counts: tuple[int, int] = (0, 0)
         #: (device, channel) whose last stream start ended without media or with undecodable payload.
         self.media_faults: set[tuple[str, str]] = set()
+        #: Devices restored online from the store at start (``gateway.subscriptions`` subscribes them).
+        self.restored_online: list[str] = []
         router.on_method("REGISTER", self._on_register)
         router.on_manscdp("Notify", "Keepalive", self._on_keepalive)
         router.on_manscdp("Notify", "Catalog", self.on_catalog_notify)
@@ -231,6 +233,8 @@ class DeviceRegistry:
             else:
                 rec.online = False
             self.devices[rec.device_id] = dev
+            if rec.online:
+                self.restored_online.append(rec.device_id)
         for ch in channels:
             dev_or_none = self.devices.get(ch.device_id)
             if dev_or_none is not None:

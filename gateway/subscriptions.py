@@ -189,8 +189,9 @@ class Subscriptions:
         would otherwise go unsubscribed until their next REGISTER), at most :data:`RESTORE_RATE` devices a
         second, in the background."""
         self._stopping = False
-        restored = [dev for dev in self.registry.devices.values()
-                    if dev.rec.online and dev.registered and dev.peer is not None and not dev.subscriptions]
+        devices = (self.registry.get(device_id) for device_id in self.registry.restored_online)
+        restored = [dev for dev in devices if dev is not None and dev.rec.online and dev.registered
+                    and dev.peer is not None and not dev.subscriptions and not dev.syncing]
         if restored:
             self._restore_task = asyncio.create_task(self._subscribe_restored(restored), name="subscribe.restored")
 
@@ -198,7 +199,7 @@ class Subscriptions:
         for n, dev in enumerate(devices):
             if n and n % RESTORE_RATE == 0:
                 await asyncio.sleep(1.0)
-            if dev.rec.online and dev.registered and not dev.subscriptions:
+            if dev.rec.online and dev.registered and not dev.subscriptions and not dev.syncing:
                 self.subscribe(dev)
         log.info("restored devices subscribed", devices=len(devices))
 
