@@ -11,7 +11,12 @@ reached. An unknown name is a JSON ``404`` like every other error of the HTTP se
 The page lists devices and their channels (``GET /api/v1/devices``, ``GET /api/v1/channels?kind=channel``) and
 plays a channel over WebRTC with WHEP (``POST /whep/<device_id>/<channel_id>[?stream=sub]`` with the SDP offer;
 ``DELETE`` of the session's ``Location`` when stopped or when the page goes away). It shows the live state, the
-resolution and the codec (from ``getStats()``), and every error with the gateway's JSON reason.
+resolution and the codec (from ``getStats()``), and every error with the gateway's JSON reason. It also shows each
+channel's last position (``position`` of the channel JSON), a PTZ pad for the channel being played
+(``POST /api/v1/channels/<device_id>/<channel_id>/ptz``: ``move`` while a button is held, ``stop`` on release,
+``preset_call``) and an alarm panel: ``GET /api/v1/alarms``, then ``GET /api/v1/alarms/stream`` read with
+``fetch()`` (an ``EventSource`` cannot send the bearer token) and parsed in the page, reconnecting with
+``Last-Event-ID`` after a drop.
 
 Authentication: the page itself (``/`` and ``/static/*``) is public, the data is not. A browser cannot send a
 bearer token on a top-level navigation, and the shell holds no data and no secret: it is the same for everyone.

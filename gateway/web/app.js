@@ -114,6 +114,7 @@
         api("/api/v1/channels?kind=channel&limit=10000"),
       ]);
       renderList(devs, chans);
+      startAlarms(); // the token is right: alarms too
       const shown = chans.channels.length < chans.total ? ` (first ${chans.channels.length} of ${chans.total})` : "";
       listStatus(`Updated ${new Date().toLocaleTimeString()}${shown}.`, false);
     } catch (e) {
@@ -133,7 +134,7 @@
 
   function renderList(devs, chans) {
     const signature = JSON.stringify([devs.devices.map((d) => [d.device_id, d.name, d.online]),
-      chans.channels.map((c) => [c.device_id, c.channel_id, c.name, c.online, c.status])]);
+      chans.channels.map((c) => [c.device_id, c.channel_id, c.name, c.online, c.status, c.position])]);
     const devices = new Map();
     for (const d of devs.devices) devices.set(d.device_id, { dev: d, channels: [] });
     for (const c of chans.channels) {
@@ -180,8 +181,14 @@
         const status = (c.status || "").toUpperCase();
         const state = c.online ? (status && status !== "ON" ? `online, ${status}` : "online") :
           (status && status !== "OFF" ? `offline, ${status}` : "offline");
-        btn.append(el("span", c.online ? "dot on" : "dot"), el("span", "name", name), el("span", "id", c.channel_id),
-          el("span", "online", state));
+        btn.append(el("span", c.online ? "dot on" : "dot"), el("span", "name", name), el("span", "id", c.channel_id));
+        const pos = positionText(c.position);
+        if (pos) {
+          const span = el("span", "pos", pos);
+          span.title = positionTitle(c.position);
+          btn.append(span);
+        }
+        btn.append(el("span", "online", state));
         btn.title = `Play ${name} (${c.device_id}/${c.channel_id}): ${state}`;
         btn.addEventListener("click", () => play(c.device_id, c.channel_id, name));
         li.append(btn);
@@ -191,6 +198,20 @@
       root.append(box);
     }
     markCurrent();
+  }
+
+  function positionText(p) {
+    // "31.80012, 117.20034": latitude, longitude (degrees, WGS-84 as the device reports them).
+    if (!p || typeof p.latitude !== "number" || typeof p.longitude !== "number") return "";
+    return `${p.latitude.toFixed(5)}, ${p.longitude.toFixed(5)}`;
+  }
+
+  function positionTitle(p) {
+    const parts = [`Position at ${p.time || "an unknown time"}`];
+    if (typeof p.speed === "number") parts.push(`speed ${p.speed} km/h`);
+    if (typeof p.direction === "number") parts.push(`direction ${p.direction}°`);
+    if (p.received_at) parts.push(`received ${p.received_at}`);
+    return parts.join(", ");
   }
 
   function markCurrent() {
@@ -267,6 +288,8 @@
     const sub = $("substream").checked;
     player.key = { deviceId, channelId, sub, label };
     markCurrent();
+    ptzShow();
+    ptzMessage("");
     $("title").textContent = `${label}${sub ? " (sub-stream)" : ""}`;
     $("title").title = `${deviceId}/${channelId}${sub ? "?stream=sub" : ""}`;
     resetFacts();
@@ -455,9 +478,396 @@
     setState("stopped");
   }
 
+  // ------------------------------------------------------------------ PTZ pad
+  // Move while a direction button is held (pointerdown), stop when it is released or left. Requests go out one
+  // after the other, so a quick tap's stop never overtakes its move.
+  const ptz = { queue: Promise.resolve(), moving: null };
+
+  function ptzShow() {
+    const key = player.key;
+    $("ptz").hidden = !key;
+    if (key) $("ptz").setAttribute("aria-label", `Pan, tilt and zoom of ${key.label}`);
+  }
+
+  function ptzMessage(text, bad) {
+    const msg = $("ptz-msg");
+    msg.textContent = text || "";
+    msg.hidden = !text;
+    msg.classList.toggle("bad", !!bad);
+  }
+
+  function ptzSpeed() {
+    return Math.max(0, Math.min(255, parseInt($("ptz-speed").value, 10) || 0));
+  }
+
+  function ptzSend(body, what) {
+    const key = player.key;
+    if (!key) return Promise.resolve();
+    const path = `/api/v1/channels/${encodeURIComponent(key.deviceId)}/${encodeURIComponent(key.channelId)}/ptz`;
+    const run = async () => {
+      try {
+        await request("POST", path, { body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+        if (body.action !== "stop") ptzMessage("");
+      } catch (e) {
+        ptzMessage(e instanceof AuthNeeded ? "The gateway needs its bearer token." :
+          `${what} failed: ${e.message}`, true);
+      }
+    };
+    ptz.queue = ptz.queue.then(run, run);
+    return ptz.queue;
+  }
+
+  function ptzStart(btn) {
+    if (ptz.moving || !player.key) return;
+    const speed = ptzSpeed();
+    const body = { action: "move", pan: +(btn.dataset.pan || 0), tilt: +(btn.dataset.tilt || 0),
+      zoom: +(btn.dataset.zoom || 0), speed };
+    if (body.zoom) body.zoom_speed = speed >> 4; // zoom speed is 0..15
+    ptz.moving = btn;
+    btn.classList.add("pressed");
+    ptzSend(body, btn.getAttribute("aria-label"));
+  }
+
+  function ptzStop(btn) {
+    if (!ptz.moving || (btn && ptz.moving !== btn)) return;
+    ptz.moving.classList.remove("pressed");
+    ptz.moving = null;
+    ptzSend({ action: "stop" }, "Stop");
+  }
+
+  for (const btn of document.querySelectorAll(".ptz-btn")) {
+    btn.addEventListener("pointerdown", (ev) => {
+      if (ev.button !== 0) return;
+      ev.preventDefault(); // no focus ring or text selection on a long press
+      ptzStart(btn);
+    });
+    for (const type of ["pointerup", "pointerleave", "pointercancel"]) {
+      btn.addEventListener(type, () => ptzStop(btn));
+    }
+    btn.addEventListener("contextmenu", (ev) => ev.preventDefault()); // a long touch is a press, not a menu
+    btn.addEventListener("keydown", (ev) => {
+      if ((ev.key === " " || ev.key === "Enter") && !ev.repeat) {
+        ev.preventDefault();
+        ptzStart(btn);
+      }
+    });
+    btn.addEventListener("keyup", (ev) => {
+      if (ev.key === " " || ev.key === "Enter") ptzStop(btn);
+    });
+    btn.addEventListener("blur", () => ptzStop(btn));
+  }
+  $("ptz-speed").addEventListener("input", () => {
+    $("ptz-speed-value").textContent = String(ptzSpeed());
+  });
+  $("ptz-preset-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const preset = parseInt($("ptz-preset").value, 10);
+    if (!(preset >= 1 && preset <= 255)) {
+      ptzMessage("A preset is a number from 1 to 255.", true);
+      return;
+    }
+    ptzSend({ action: "preset_call", preset }, `Preset ${preset}`).then(() => {
+      if ($("ptz-msg").hidden) ptzMessage(`Went to preset ${preset}.`);
+    });
+  });
+
+  // ------------------------------------------------------------------ alarms
+  // The newest alarms (GET /api/v1/alarms), then live from the SSE stream /api/v1/alarms/stream. EventSource
+  // cannot send the Authorization header, so the stream is read with fetch() and parsed here; after a drop it
+  // reconnects with Last-Event-ID and the gateway replays what was missed.
+  const ALARM_ROWS = 200;
+  const ALARM_FIRST = 50;
+  const ALARM_STALE_MS = 45000; // the gateway sends a keepalive every 15 s: nothing for this long is a dead link
+  const ALARM_RETRY_MAX_MS = 30000;
+  const METHODS = { 1: "phone", 2: "device", 3: "SMS", 4: "GPS", 5: "video", 6: "fault", 7: "other" };
+  const PRIORITIES = { 1: "highest", 2: "high", 3: "normal", 4: "low" };
+
+  const alarms = {
+    state: "off", // off, loading, connecting, live, reconnecting
+    lastId: null, // the newest alarm id seen (Last-Event-ID)
+    rows: new Map(), // id -> <li>
+    retryMs: 2000, // from the stream's "retry:" field
+    failures: 0,
+    controller: null,
+    timer: null,
+    gen: 0,
+    connects: 0,
+    unseen: 0,
+    visible: false,
+  };
+
+  function alarmStatus(state, text) {
+    alarms.state = state;
+    const s = $("alarm-status");
+    s.dataset.state = state;
+    s.textContent = text;
+    s.classList.toggle("bad", state === "reconnecting" || state === "off-error");
+  }
+
+  function setUnseen(n) {
+    alarms.unseen = n;
+    const badge = $("alarm-unseen");
+    badge.textContent = String(n);
+    badge.hidden = n === 0;
+  }
+
+  function timeText(epoch) {
+    const d = new Date(epoch * 1000);
+    if (Number.isNaN(d.getTime())) return "?";
+    return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+  }
+
+  function alarmRow(a) {
+    const prio = Number(a.priority);
+    const li = el("li", `alarm prio-${[1, 2, 3, 4].includes(prio) ? prio : 0}`);
+    li.dataset.id = String(a.id);
+    const head = el("div", "alarm-head");
+    const p = el("span", "prio", `P${a.priority}`);
+    p.title = `Priority ${a.priority}${PRIORITIES[prio] ? ` (${PRIORITIES[prio]})` : ""}`;
+    const method = METHODS[a.method] || `method ${a.method}`;
+    const when = el("time", "when", timeText(a.received_at));
+    when.dateTime = new Date(a.received_at * 1000).toISOString();
+    head.append(p, el("span", "method", method), when);
+    const desc = el("div", "desc", a.description || "(no description)");
+    const src = el("div", "src id", a.channel_id && a.channel_id !== a.device_id ?
+      `${a.device_id}/${a.channel_id}` : String(a.device_id));
+    li.append(head, desc, src);
+    const facts = [`Alarm ${a.id}: priority ${a.priority}, ${method} alarm`];
+    if (a.alarm_type !== null && a.alarm_type !== undefined && a.alarm_type !== "") facts.push(`type ${a.alarm_type}`);
+    if (a.alarm_time) facts.push(`device time ${a.alarm_time}`);
+    if (typeof a.longitude === "number" && typeof a.latitude === "number") {
+      facts.push(`at ${a.latitude.toFixed(5)}, ${a.longitude.toFixed(5)}`);
+    }
+    if (a.sip_method) facts.push(`by ${a.sip_method}`);
+    li.title = facts.join(", ");
+    return li;
+  }
+
+  function addAlarm(a, live) {
+    const id = Number(a && a.id);
+    if (!Number.isFinite(id) || alarms.rows.has(id)) return false;
+    if (alarms.lastId === null || id > alarms.lastId) alarms.lastId = id;
+    const list = $("alarm-list");
+    // Newest (highest id) first.
+    let before = list.firstElementChild;
+    while (before && Number(before.dataset.id) > id) before = before.nextElementSibling;
+    if (!before && list.childElementCount >= ALARM_ROWS) return false; // older than everything kept
+    const li = alarmRow(a);
+    if (live) li.classList.add("new");
+    list.insertBefore(li, before);
+    alarms.rows.set(id, li);
+    while (list.childElementCount > ALARM_ROWS) {
+      const last = list.lastElementChild;
+      alarms.rows.delete(Number(last.dataset.id));
+      last.remove();
+    }
+    $("alarm-empty").hidden = true;
+    if (live && !(alarms.visible && !document.hidden)) setUnseen(alarms.unseen + 1);
+    return true;
+  }
+
+  async function loadAlarms() {
+    const body = await api(`/api/v1/alarms?limit=${ALARM_FIRST}`);
+    for (const a of body.alarms || []) addAlarm(a, false);
+  }
+
+  function startAlarms() {
+    // Once the API answers (the token is right): the list, then the stream. Idempotent.
+    if (alarms.state !== "off") return;
+    alarms.gen += 1;
+    const gen = alarms.gen;
+    alarmStatus("loading", "loading…");
+    loadAlarms().then(() => {
+      if (gen !== alarms.gen) return;
+      if (alarms.lastId === null) alarms.lastId = 0; // replay anything raised between the list and the stream
+      connectAlarms(gen);
+    }, (e) => {
+      if (gen !== alarms.gen) return;
+      if (e instanceof AuthNeeded) {
+        stopAlarms("needs the token");
+        return;
+      }
+      alarmStatus("reconnecting", `Could not load the alarms: ${e.message}`);
+      scheduleAlarms(gen, () => {
+        alarms.state = "off";
+        startAlarms();
+      });
+    });
+  }
+
+  function stopAlarms(text) {
+    alarms.gen += 1;
+    clearTimeout(alarms.timer);
+    alarms.timer = null;
+    if (alarms.controller) alarms.controller.abort();
+    alarms.controller = null;
+    alarmStatus("off", text || "not connected");
+  }
+
+  function clearAlarms() {
+    $("alarm-list").replaceChildren();
+    alarms.rows.clear();
+    alarms.lastId = null;
+    $("alarm-empty").hidden = false;
+    $("alarm-gap").hidden = true;
+    setUnseen(0);
+  }
+
+  function scheduleAlarms(gen, fn) {
+    // 2 s (or the stream's retry:) after a drop, doubling while the gateway cannot be reached.
+    const delay = Math.min(ALARM_RETRY_MAX_MS, alarms.retryMs * 2 ** Math.min(alarms.failures, 4));
+    alarms.failures += 1;
+    clearTimeout(alarms.timer);
+    alarms.timer = setTimeout(() => {
+      if (gen === alarms.gen) fn();
+    }, delay);
+    return delay;
+  }
+
+  async function connectAlarms(gen) {
+    const controller = new AbortController();
+    alarms.controller = controller;
+    alarms.connects += 1;
+    alarmStatus(alarms.connects > 1 ? "reconnecting" : "connecting", "connecting…");
+    let watchdog = null;
+    const kick = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => controller.abort(), ALARM_STALE_MS);
+    };
+    let why = "the stream ended";
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      if (alarms.lastId !== null) headers["Last-Event-ID"] = String(alarms.lastId);
+      kick();
+      let resp;
+      try {
+        resp = await fetch("/api/v1/alarms/stream", { headers, cache: "no-store", signal: controller.signal });
+      } catch (e) {
+        throw new HttpError(0, `the gateway cannot be reached (${e.message})`);
+      }
+      if (resp.status === 401) {
+        askToken(token ? "The gateway refused this token." : "");
+        throw new AuthNeeded(401, await reasonOf(resp));
+      }
+      if (!resp.ok) throw new HttpError(resp.status, await reasonOf(resp));
+      if (gen !== alarms.gen) return;
+      alarms.failures = 0;
+      alarmStatus("live", "live");
+      await readEvents(resp.body, kick, (ev) => {
+        if (gen === alarms.gen) onAlarmEvent(ev);
+      });
+    } catch (e) {
+      if (e instanceof AuthNeeded) {
+        if (gen === alarms.gen) stopAlarms("needs the token");
+        return;
+      }
+      why = e instanceof HttpError ? e.message : controller.signal.aborted ? "the stream was cut" :
+        `the stream broke (${e.message || e})`;
+    } finally {
+      clearTimeout(watchdog);
+      if (alarms.controller === controller) alarms.controller = null;
+    }
+    if (gen !== alarms.gen) return;
+    alarmStatus("reconnecting", `${why}; reconnecting…`);
+    const delay = scheduleAlarms(gen, () => connectAlarms(gen));
+    alarmStatus("reconnecting", `${why}; reconnecting in ${Math.round(delay / 1000)} s`);
+  }
+
+  async function readEvents(body, onChunk, dispatch) {
+    // text/event-stream (the HTML standard's parser): fields id/event/data/retry, a blank line ends an event,
+    // lines starting with ":" are comments; CR, LF or CRLF end a line.
+    const reader = body.getReader();
+    const decoder = new TextDecoder("utf-8");
+    let buf = "";
+    let ev = { id: null, event: "", data: [] };
+    const line = (text) => {
+      if (text === "") {
+        if (ev.data.length) dispatch({ id: ev.id, event: ev.event || "message", data: ev.data.join("\n") });
+        ev = { id: null, event: "", data: [] };
+        return;
+      }
+      if (text[0] === ":") return;
+      const colon = text.indexOf(":");
+      const field = colon < 0 ? text : text.slice(0, colon);
+      let value = colon < 0 ? "" : text.slice(colon + 1);
+      if (value[0] === " ") value = value.slice(1);
+      if (field === "data") ev.data.push(value);
+      else if (field === "event") ev.event = value;
+      else if (field === "id" && !value.includes("\0")) ev.id = value;
+      else if (field === "retry" && /^\d+$/.test(value)) alarms.retryMs = Math.max(500, parseInt(value, 10));
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      onChunk();
+      buf += decoder.decode(value, { stream: true });
+      let start = 0;
+      for (;;) {
+        const cr = buf.indexOf("\r", start);
+        const lf = buf.indexOf("\n", start);
+        if (cr < 0 && lf < 0) break;
+        const end = cr < 0 ? lf : lf < 0 ? cr : Math.min(cr, lf);
+        if (buf[end] === "\r" && end === buf.length - 1) break; // maybe CRLF split across chunks: wait
+        line(buf.slice(start, end));
+        start = end + (buf[end] === "\r" && buf[end + 1] === "\n" ? 2 : 1);
+      }
+      buf = buf.slice(start);
+    }
+  }
+
+  function onAlarmEvent(ev) {
+    let data;
+    try {
+      data = JSON.parse(ev.data);
+    } catch (e) {
+      console.warn("alarm stream: data is not JSON", ev.data);
+      return;
+    }
+    if (ev.event === "alarm") {
+      if (ev.id !== null && /^\d+$/.test(ev.id) && (alarms.lastId === null || +ev.id > alarms.lastId)) {
+        alarms.lastId = +ev.id;
+      }
+      addAlarm(data, true);
+    } else if (ev.event === "gap") {
+      const n = Number(data.skipped) || 0;
+      $("alarm-gap-text").textContent = `${n} alarm${n === 1 ? "" : "s"} not shown (missed while disconnected).`;
+      $("alarm-gap").hidden = false;
+      loadAlarms().catch((e) => console.warn(`alarm list reload failed: ${e.message}`));
+    }
+  }
+
+  function watchAlarmPanel() {
+    const panel = $("alarms");
+    const seen = () => {
+      if (alarms.visible && !document.hidden) {
+        setUnseen(0);
+      }
+    };
+    if (typeof IntersectionObserver === "function") {
+      new IntersectionObserver((entries) => {
+        alarms.visible = entries.some((e) => e.isIntersecting);
+        seen();
+      }).observe(panel);
+    } else {
+      alarms.visible = true;
+    }
+    document.addEventListener("visibilitychange", seen);
+    $("alarms-link").addEventListener("click", () => setUnseen(0));
+    $("alarm-gap-close").addEventListener("click", () => {
+      $("alarm-gap").hidden = true;
+    });
+  }
+
   // ------------------------------------------------------------------ wiring
   // For tests and the console: window.gbPlayer.pc (getStats), .state, .firstFrameMs, .play(d, c, label), .stop().
   window.gbPlayer = Object.assign(player, { play, stop });
+  // For tests: window.gbAlarms.state, .lastId, .connects; .drop() cuts the stream as a network drop would.
+  window.gbAlarms = Object.assign(alarms, {
+    drop: () => {
+      if (alarms.controller) alarms.controller.abort();
+    },
+  });
   $("stop").addEventListener("click", () => stop());
   $("refresh").addEventListener("click", () => {
     listSignature = "";
@@ -474,6 +884,8 @@
   });
   $("forget").addEventListener("click", async () => {
     setToken("");
+    stopAlarms();
+    clearAlarms();
     await stop();
     listSignature = "";
     $("devices").replaceChildren();
@@ -487,10 +899,12 @@
     setToken(value);
     input.value = "";
     $("token-form").hidden = true;
+    if (alarms.state === "off") clearAlarms(); // another token may show other alarms
     listSignature = "";
     refreshList();
   });
   window.addEventListener("pagehide", () => {
+    stopAlarms("the page was left");
     // Leaving the page: end the WHEP session now (keepalive lets the request outlive the page).
     const session = player.session;
     player.session = null;
@@ -507,6 +921,7 @@
     showError(`Unexpected error: ${ev.reason && ev.reason.message ? ev.reason.message : ev.reason}`);
   });
 
+  watchAlarmPanel();
   takeFragmentToken();
   $("forget").hidden = !token;
   setState("idle");
