@@ -48,7 +48,7 @@ from .openapi import openapi_document
 from .store import AlarmRecord, ChannelRecord, StoreError
 from .streams import StreamError, StreamKey, StreamSession
 from .validation import ApiError, error_response
-from .validation import check_id as _check_id  # gateway.webrtc uses api._check_id
+from .validation import check_id as _check_id
 from .validation import fields as _fields
 from .validation import json_object as _json_object
 

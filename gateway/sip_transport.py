@@ -385,7 +385,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: SipServer) -> None:
         self._server = server
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self._server._datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:

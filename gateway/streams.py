@@ -195,6 +195,7 @@ class StreamSession:
                                   http_status=503) from None
         except SipTimeout:
             raise StreamError("device did not answer INVITE", http_status=503) from None
+        assert response is not None  # the fallback above raised when it got none
         if response.status >= 300:
             raise StreamError(f"device refused INVITE: {response.status} {response.reason}",
                               status=response.status, http_status=404 if response.status == 404 else 502)
@@ -256,7 +257,7 @@ class StreamSession:
             assert self.receiver is not None
             self.receiver.expect_ssrc(answer.ssrc)
             if self.transport == "udp-single":
-                mgr.single_port().register(answer.ssrc, self.receiver, self.device.peer.addr[0]  # type: ignore[union-attr]
+                mgr.single_port().register(answer.ssrc, self.receiver, self.device.peer.addr[0]
                                            if self.device.peer else "")
         if answer is not None and answer.media_ip and self.receiver is not None and self.device.peer is not None:
             # Behind NAT the SDP address and the SIP source differ: media may come from either.

@@ -102,10 +102,11 @@ from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, AnyRtcpPacket, RtcpPsfbPack
 from media import h264, sdp
 from media.frames import AccessUnit, Codec
 
-from . import api, metrics
+from . import metrics
 from .config import WebrtcConfig
 from .fanout import CallbackSubscription, FanOut, GopCache, StreamEnded, Subscription
 from .streams import StreamError, StreamManager, StreamSession
+from .validation import ApiError, check_id
 
 __all__ = ["WHEP_KEY", "IceHost", "Refused", "Transcoder", "WhepEndpoint", "WhepSession", "check_aioice", "check_offer",
            "is_preflight", "transcode_reason"]
@@ -145,7 +146,7 @@ _RECEIVING = (sdp.Direction.RECVONLY, sdp.Direction.SENDRECV)
 
 
 class Refused(Exception):
-    """An offer refused with HTTP ``status`` and ``reason`` (answered as ``api.ApiError``); ``result`` is the
+    """An offer refused with HTTP ``status`` and ``reason`` (answered as ``ApiError``); ``result`` is the
     ``gb28181_webrtc_sessions_total`` label."""
 
     def __init__(self, status: int, reason: str, result: str, headers: dict[str, str] | None = None) -> None:
@@ -848,8 +849,8 @@ class WhepEndpoint:
             metrics.WEBRTC_SESSIONS.labels(exc.result).inc()
             log.info("webrtc offer refused", path=request.path, peer=request.remote, status=exc.status,
                      reason=exc.reason)
-            raise api.ApiError(exc.status, exc.reason, exc.headers) from None
-        except (api.ApiError, web.HTTPException):  # malformed IDs, a body too large
+            raise ApiError(exc.status, exc.reason, exc.headers) from None
+        except (ApiError, web.HTTPException):  # malformed IDs, a body too large
             metrics.WEBRTC_SESSIONS.labels("bad_request").inc()
             raise
         except Exception:
@@ -909,7 +910,7 @@ class WhepEndpoint:
         ident = request.match_info["session_id"]
         session = self.sessions.get(ident)
         if session is None:
-            raise api.ApiError(404, f"no WHEP session {ident[:64]!r}")
+            raise ApiError(404, f"no WHEP session {ident[:64]!r}")
         session.close("deleted", "DELETE by the client")
         return web.Response(status=204)
 
@@ -918,8 +919,8 @@ class WhepEndpoint:
         info = request.match_info
         device = info.get("device_id")
         if device is not None:
-            api._check_id(device, "device ID")
-        channel = api._check_id(info["channel_id"], "channel ID")
+            check_id(device, "device ID")
+        channel = check_id(info["channel_id"], "channel ID")
         stream = request.query.get("stream", "main")
         if stream not in ("main", "sub"):
             raise Refused(400, f"stream must be main or sub, not {stream[:20]!r}", "bad_request")
