@@ -46,7 +46,7 @@ from .devices import Device, QueryFailed
 from .fanout import Subscription
 from .openapi import openapi_document
 from .store import AlarmRecord, ChannelRecord, StoreError
-from .streams import StreamError, StreamKey, StreamSession
+from .streams import StreamError, StreamKey, StreamSession, parse_substream
 from .validation import ApiError, error_response
 from .validation import check_id as _check_id
 from .validation import fields as _fields
@@ -494,6 +494,13 @@ class HttpApi:
             "error": session.error.reason if session.error is not None else None,
         }
 
+    @staticmethod
+    def _substream(value: str) -> int:
+        try:
+            return parse_substream(value)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+
     async def list_streams(self, request: web.Request) -> web.Response:
         streams = [self._stream_json(s) for s in self.gateway.streams.sessions.values()]
         return web.json_response({"total": len(streams), "streams": streams})
@@ -506,10 +513,7 @@ class HttpApi:
         if device_id is not None:
             _check_id(device_id, "device_id")
         channel_id = _check_id(body["channel_id"], "channel_id")
-        stream = body.get("stream", "main")
-        if stream not in ("main", "sub"):
-            raise ApiError(400, f"stream must be main or sub, not {stream[:20]!r}")
-        substream = 1 if stream == "sub" else 0
+        substream = self._substream(body.get("stream", "main"))
         try:
             dev, channel = self.gateway.streams.resolve(device_id, channel_id)
         except StreamError as exc:
@@ -533,10 +537,7 @@ class HttpApi:
     async def stop_stream(self, request: web.Request) -> web.Response:
         device_id = _check_id(request.match_info["device_id"], "device ID")
         channel_id = _check_id(request.match_info["channel_id"], "channel ID")
-        stream = request.query.get("stream", "main")
-        if stream not in ("main", "sub"):
-            raise ApiError(400, f"stream must be main or sub, not {stream[:20]!r}")
-        key = StreamKey(device_id, channel_id, 1 if stream == "sub" else 0)
+        key = StreamKey(device_id, channel_id, self._substream(request.query.get("stream", "main")))
         session = self.gateway.streams.sessions.get(key)
         held = self.held.pop(key, None)
         if session is None:

@@ -74,7 +74,7 @@ from sip.errors import SipProtocolError
 from . import metrics
 from .config import RtspConfig, is_loopback
 from .fanout import CallbackSubscription, StreamEnded, Subscription
-from .streams import StreamError, StreamManager, StreamSession
+from .streams import StreamError, StreamManager, StreamSession, parse_substream
 
 log = structlog.get_logger("gateway.rtsp")
 
@@ -625,10 +625,10 @@ class _Connection(asyncio.Protocol):
             raise _Reply(404, "Expected /<device_id>/<channel_id> or /<channel_id>")
         device, channel = (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
         query = dict(kv.partition("=")[::2] for kv in url.query.split("&") if kv)
-        stream = query.get("stream", "main").lower()
-        if stream not in ("main", "sub", "0", "1"):
-            raise _Reply(404, f"Unknown stream {stream[:16]!r}: expected main or sub")
-        substream = 1 if stream in ("sub", "1") else 0
+        try:
+            substream = parse_substream(query.get("stream", "main"))
+        except ValueError as exc:
+            raise _Reply(404, f"Unknown stream: {exc}") from None
         return (device, channel, substream), url.control
 
     async def _open(self, path: tuple[str | None, str, int]) -> StreamSession:

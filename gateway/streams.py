@@ -85,6 +85,18 @@ class StreamState(enum.Enum):
     FAILED = "failed"
 
 
+SUBSTREAMS = {"main": 0, "sub": 1, "0": 0, "1": 1}
+"""The ``stream`` values every consumer (RTSP ``?stream=``, WHEP ``?stream=``, REST) accepts, case-insensitively."""
+
+
+def parse_substream(value: str) -> int:
+    """0 (main) or 1 (sub) for a ``stream`` value; ``ValueError`` with the reason consumers answer."""
+    found = SUBSTREAMS.get(value.lower())
+    if found is None:
+        raise ValueError(f"stream must be main or sub (or 0/1), not {value[:20]!r}")
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class StreamKey:
     device_id: str

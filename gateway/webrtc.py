@@ -105,7 +105,7 @@ from media.frames import AccessUnit, Codec
 from . import metrics
 from .config import WebrtcConfig
 from .fanout import CallbackSubscription, FanOut, GopCache, StreamEnded, Subscription
-from .streams import StreamError, StreamManager, StreamSession
+from .streams import StreamError, StreamManager, StreamSession, parse_substream
 from .validation import ApiError, check_id
 
 __all__ = ["WHEP_KEY", "IceHost", "Refused", "Transcoder", "WhepEndpoint", "WhepSession", "check_aioice", "check_offer",
@@ -921,10 +921,10 @@ class WhepEndpoint:
         if device is not None:
             check_id(device, "device ID")
         channel = check_id(info["channel_id"], "channel ID")
-        stream = request.query.get("stream", "main")
-        if stream not in ("main", "sub"):
-            raise Refused(400, f"stream must be main or sub, not {stream[:20]!r}", "bad_request")
-        return device, channel, 1 if stream == "sub" else 0
+        try:
+            return device, channel, parse_substream(request.query.get("stream", "main"))
+        except ValueError as exc:
+            raise Refused(400, str(exc), "bad_request") from None
 
     async def _prepare(self, session: WhepSession, audio_codecs: frozenset[Codec]) -> None:
         """Wait for the stream's parameters; choose passthrough or transcode, and the audio to send."""

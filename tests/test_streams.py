@@ -387,3 +387,12 @@ async def test_demo_cameras_send_h264_h265_g711a_and_aac(tmp_path: Path) -> None
         await wait_until(lambda: gw.streams.sessions == {}, timeout=5)
     finally:
         await gw.stop()
+
+
+def test_parse_substream_is_the_one_stream_parameter() -> None:
+    from gateway.streams import parse_substream
+
+    assert [parse_substream(v) for v in ("main", "sub", "MAIN", "Sub", "0", "1")] == [0, 1, 0, 1, 0, 1]
+    for bad in ("", "2", "substream", "x" * 100):
+        with pytest.raises(ValueError, match="stream must be main or sub"):
+            parse_substream(bad)
