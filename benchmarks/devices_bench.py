@@ -335,10 +335,11 @@ def start_sim(port: int, devices: int, keepalive: float) -> Child:
     return Child(f"import benchmarks.devices_bench as b; b.sim_main(FD, {port}, {devices}, {keepalive})", 60.0)
 
 
-def start_echo() -> tuple[subprocess.Popen[bytes], int]:
+def start_echo(module: str = "benchmarks.sip_bench") -> tuple[subprocess.Popen[bytes], int]:
+    """The bare echo baseline (``module``'s ``serve_echo``) in its own process; (process, its port)."""
     r, w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"import benchmarks.sip_bench as b, uvloop; uvloop.run(b.serve_echo({w}))"],
+        [sys.executable, "-c", f"import {module} as b, uvloop; uvloop.run(b.serve_echo({w}))"],
         pass_fds=(w,), cwd=ROOT,
     )
     os.close(w)

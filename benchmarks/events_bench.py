@@ -40,8 +40,6 @@ import argparse
 import asyncio
 import os
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -56,7 +54,6 @@ from .devices_bench import (
     DOMAIN,
     FIRST_ID,
     PLATFORM,
-    ROOT,
     WINDOW,
     Child,
     Measured,
@@ -67,6 +64,7 @@ from .devices_bench import (
     device_ids,
     measure_load,
     run_client,
+    start_echo,
     start_sim,
     wait_until,
 )
@@ -152,17 +150,6 @@ async def serve_echo(ready: int) -> None:
     udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
     os.write(ready, f"{udp.get_extra_info('sockname')[1]}\n".encode())
     await asyncio.Event().wait()
-
-
-def start_echo() -> tuple[subprocess.Popen[bytes], int]:
-    r, w = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", f"import benchmarks.events_bench as b, uvloop; uvloop.run(b.serve_echo({w}))"],
-        pass_fds=(w,), cwd=ROOT,
-    )
-    os.close(w)
-    with os.fdopen(r) as f:
-        return proc, int(f.readline())
 
 
 # ------------------------------------------------------------------------------------------------ SSE client process
@@ -393,7 +380,7 @@ def main(quick: bool = False) -> None:
             gw.close()
 
     # ---- 3. baseline: the bare echo on the same datagrams
-    echo, echo_port = start_echo()
+    echo, echo_port = start_echo("benchmarks.events_bench")
     try:
         run_client(echo_port, _Window(single_dgrams[:2000]))
 

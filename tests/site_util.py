@@ -1,5 +1,5 @@
-"""One running site for end-to-end tests: a gateway, a simulator registered to it (catalog synced) and an HTTP
-client of its API, torn down in reverse order."""
+"""One running site for end-to-end tests: a gateway, a simulator registered to it (catalog synced) and, with
+``site``, an HTTP client of its API; torn down in reverse order."""
 
 from __future__ import annotations
 
@@ -17,14 +17,23 @@ from gateway.sim import Simulator
 
 
 @asynccontextmanager
-async def site(config: Config, **sim: Any) -> AsyncIterator[tuple[Gateway, Simulator, Http]]:
-    """``async with site(config, channels=1) as (gw, sim, http)``: ``sim`` keyword arguments go to ``SimConfig``
+async def simulated(config: Config, **sim: Any) -> AsyncIterator[tuple[Gateway, Simulator]]:
+    """``async with simulated(config, channels=1) as (gw, sim)``: ``sim`` keyword arguments go to ``SimConfig``
     (see ``test_streams.started``)."""
     async with running_gateway(config) as gw:
         simulator = await started(gw, **sim)
+        try:
+            yield gw, simulator
+        finally:
+            await simulator.stop()
+
+
+@asynccontextmanager
+async def site(config: Config, **sim: Any) -> AsyncIterator[tuple[Gateway, Simulator, Http]]:
+    """``simulated`` with an HTTP client of the gateway's API: ``async with site(config) as (gw, sim, http)``."""
+    async with simulated(config, **sim) as (gw, simulator):
         http = Http(gw.http.port)
         try:
             yield gw, simulator, http
         finally:
             await http.close()
-            await simulator.stop()

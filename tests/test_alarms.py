@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 from gw_util import running_gateway, sample
-from site_util import site
+from site_util import simulated, site
 from test_api import Http, metric
-from test_streams import config, started, wait_until
+from test_streams import config, wait_until
 
 import gateway.alarms as alarms_module
 from gateway.alarms import SUBSCRIBER_QUEUE
@@ -138,25 +138,21 @@ async def test_filters_and_bad_queries(tmp_path: Path) -> None:
 
 
 async def test_flood_is_rate_limited_but_first_passes(tmp_path: Path) -> None:
-    async with running_gateway(alarm_config(tmp_path, rate=1.0)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            suppressed = sample("gb28181_alarms_suppressed_total")
-            tasks = [asyncio.create_task(dev.raise_alarm(2, 5, f"flood {i}")) for i in range(50)]
-            answers = await asyncio.gather(*tasks)
-            assert all(r is not None and r.status == 200 for r in answers)  # a device must not retransmit
-            records = await gw.store.alarms(device_id=dev.device_id)
-            assert 1 <= len(records) <= 2  # a token may refill if the burst takes over a second
-            assert records[-1].description == "flood 0"  # the first of the burst always passes
-            assert sample("gb28181_alarms_suppressed_total") - suppressed == 50 - len(records)
-            assert gw.alarms._suppressed[dev.device_id] == 50 - len(records)  # logged once per period
-            # After a quiet second a new burst's first alarm passes again.
-            await asyncio.sleep(1.1)
-            assert (await dev.raise_alarm(1, 5, "next burst")).status == 200  # type: ignore[union-attr]
-            assert (await gw.store.alarms(limit=1))[0].description == "next burst"
-        finally:
-            await sim.stop()
+    async with simulated(alarm_config(tmp_path, rate=1.0)) as (gw, sim):
+        dev = sim.devices[0]
+        suppressed = sample("gb28181_alarms_suppressed_total")
+        tasks = [asyncio.create_task(dev.raise_alarm(2, 5, f"flood {i}")) for i in range(50)]
+        answers = await asyncio.gather(*tasks)
+        assert all(r is not None and r.status == 200 for r in answers)  # a device must not retransmit
+        records = await gw.store.alarms(device_id=dev.device_id)
+        assert 1 <= len(records) <= 2  # a token may refill if the burst takes over a second
+        assert records[-1].description == "flood 0"  # the first of the burst always passes
+        assert sample("gb28181_alarms_suppressed_total") - suppressed == 50 - len(records)
+        assert gw.alarms._suppressed[dev.device_id] == 50 - len(records)  # logged once per period
+        # After a quiet second a new burst's first alarm passes again.
+        await asyncio.sleep(1.1)
+        assert (await dev.raise_alarm(1, 5, "next burst")).status == 200  # type: ignore[union-attr]
+        assert (await gw.store.alarms(limit=1))[0].description == "next burst"
 
 
 @pytest.mark.parametrize(
@@ -169,18 +165,14 @@ async def test_flood_is_rate_limited_but_first_passes(tmp_path: Path) -> None:
     ],
 )
 async def test_malformed_alarm_is_400(tmp_path: Path, fields: dict[str, Any], reason: str) -> None:
-    async with running_gateway(alarm_config(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            priority, method = fields.pop("priority"), fields.pop("method")
-            resp = await dev.raise_alarm(priority, method, "bad", **fields)
-            assert resp is not None and resp.status == 400
-            assert resp.reason.startswith(reason)
-            assert await gw.store.alarms() == []
-            assert dev.alarm_responses == []
-        finally:
-            await sim.stop()
+    async with simulated(alarm_config(tmp_path)) as (gw, sim):
+        dev = sim.devices[0]
+        priority, method = fields.pop("priority"), fields.pop("method")
+        resp = await dev.raise_alarm(priority, method, "bad", **fields)
+        assert resp is not None and resp.status == 400
+        assert resp.reason.startswith(reason)
+        assert await gw.store.alarms() == []
+        assert dev.alarm_responses == []
 
 
 async def test_stream_keepalive_and_slow_subscriber_dropped(tmp_path: Path) -> None:
@@ -218,16 +210,12 @@ async def test_store_retention_keeps_newest(tmp_path: Path) -> None:
 
 
 async def test_notify_other_than_alarm_is_489(tmp_path: Path) -> None:
-    async with running_gateway(alarm_config(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            body = manscdp.encode("Notify", "Broadcast", 1, dev.device_id)
-            resp = await dev.send_to_platform(dev.platform_request("NOTIFY", body, "Application/MANSCDP+xml"))
-            assert resp is not None and resp.status == 489
-            assert await gw.store.alarms() == []
-        finally:
-            await sim.stop()
+    async with simulated(alarm_config(tmp_path)) as (gw, sim):
+        dev = sim.devices[0]
+        body = manscdp.encode("Notify", "Broadcast", 1, dev.device_id)
+        resp = await dev.send_to_platform(dev.platform_request("NOTIFY", body, "Application/MANSCDP+xml"))
+        assert resp is not None and resp.status == 489
+        assert await gw.store.alarms() == []
 
 
 # --- SSE replay (Last-Event-ID) -------------------------------------------------------------------------------
@@ -329,24 +317,20 @@ async def test_stream_replay_beyond_newest_gap_and_bad_ids(tmp_path: Path, monke
 # --- reload ---------------------------------------------------------------------------------------------------
 
 async def test_reload_applies_alarm_rate_and_retention(tmp_path: Path) -> None:
-    async with running_gateway(alarm_config(tmp_path, rate=0.001)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            suppressed = sample("gb28181_alarms_suppressed_total")
-            for n in (1, 2):
-                assert (await dev.raise_alarm(2, 5, f"slow {n}")).status == 200  # type: ignore[union-attr]
-            assert [r.description for r in await gw.store.alarms()] == ["slow 1"]  # the 2nd is suppressed
-            assert sample("gb28181_alarms_suppressed_total") - suppressed == 1
+    async with simulated(alarm_config(tmp_path, rate=0.001)) as (gw, sim):
+        dev = sim.devices[0]
+        suppressed = sample("gb28181_alarms_suppressed_total")
+        for n in (1, 2):
+            assert (await dev.raise_alarm(2, 5, f"slow {n}")).status == 200  # type: ignore[union-attr]
+        assert [r.description for r in await gw.store.alarms()] == ["slow 1"]  # the 2nd is suppressed
+        assert sample("gb28181_alarms_suppressed_total") - suppressed == 1
 
-            devices = replace(gw.config.devices, alarm_rate=1000.0, alarm_retention=4)
-            gw.reload(replace(gw.config, devices=devices))
-            assert gw.alarms.config is gw.config and gw.config.devices.alarm_rate == 1000.0
-            answers = await asyncio.gather(*(dev.raise_alarm(2, 5, f"fast {n}") for n in range(5)))
-            assert all(r is not None and r.status == 200 for r in answers)
-            assert sample("gb28181_alarms_suppressed_total") - suppressed == 1  # all 5 passed
-            assert gw.alarms._next_id == 7
-            # The new retention trims the table at the next write: the newest 4 of the 6 are kept.
-            assert [r.id for r in await gw.store.alarms()] == [6, 5, 4, 3]
-        finally:
-            await sim.stop()
+        devices = replace(gw.config.devices, alarm_rate=1000.0, alarm_retention=4)
+        gw.reload(replace(gw.config, devices=devices))
+        assert gw.alarms.config is gw.config and gw.config.devices.alarm_rate == 1000.0
+        answers = await asyncio.gather(*(dev.raise_alarm(2, 5, f"fast {n}") for n in range(5)))
+        assert all(r is not None and r.status == 200 for r in answers)
+        assert sample("gb28181_alarms_suppressed_total") - suppressed == 1  # all 5 passed
+        assert gw.alarms._next_id == 7
+        # The new retention trims the table at the next write: the newest 4 of the 6 are kept.
+        assert [r.id for r in await gw.store.alarms()] == [6, 5, 4, 3]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from gw_util import running_gateway
+from site_util import simulated
 from test_api import Http, metric, scrape_until
 from test_streams import config, started, wait_until
 
@@ -74,13 +75,9 @@ async def test_refused_subscribe_is_retried_at_next_sync(tmp_path: Path) -> None
 
 
 async def test_disabled_subscription(tmp_path: Path) -> None:
-    async with running_gateway(sub_config(tmp_path, expires=0)) as gw:
-        sim = await started(gw)
-        try:
-            await asyncio.sleep(0.3)
-            assert sim.devices[0].catalog_subscribes == 0
-        finally:
-            await sim.stop()
+    async with simulated(sub_config(tmp_path, expires=0)) as (gw, sim):
+        await asyncio.sleep(0.3)
+        assert sim.devices[0].catalog_subscribes == 0
 
 
 async def test_catalog_notify_events_update_api_metrics_and_store(tmp_path: Path) -> None:

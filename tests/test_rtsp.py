@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from gw_util import running_gateway, sample
 from rtsp_util import RawRtspClient, rtcp_packets, starts_keyframe_h264
+from site_util import simulated
 from test_streams import _capture, config, started, wait_until
 
 from gateway import rtsp_server
@@ -77,64 +78,52 @@ async def test_options_and_unknown_channel_answer_with_cseq(tmp_path: Path) -> N
 
 @needs_ffmpeg
 async def test_ffprobe_and_ffmpeg_play_a_live_channel(tmp_path: Path) -> None:
-    async with running_gateway(config(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
-            url = url_of(gw, dev.device_id, channel)
-            rc, out, err = await ffprobe(url)
-            assert rc == 0, err
-            streams = json.loads(out)["streams"]
-            video = [s for s in streams if s["codec_type"] == "video"]
-            assert video and video[0]["codec_name"] == "h264", streams
-            assert (video[0]["width"], video[0]["height"]) == (320, 240)
-            audio = [s for s in streams if s["codec_type"] == "audio"]
-            assert audio and audio[0]["codec_name"] == "pcm_alaw", streams
-            assert FFMPEG is not None
-            rc, out, err = await run(FFMPEG, "-nostdin", "-rtsp_transport", "tcp", "-i", url, "-frames:v", "25",
-                                     "-f", "null", "-")
-            assert rc == 0, err
-            assert "frame=   25" in err or "frame=25" in err.replace(" ", ""), err[-2000:]
-            # The bare channel form works too.
-            rc, out, err = await ffprobe(f"rtsp://127.0.0.1:{gw.rtsp.port}/{channel}")
-            assert rc == 0, err
-        finally:
-            await sim.stop()
+    async with simulated(config(tmp_path)) as (gw, sim):
+        dev = sim.devices[0]
+        channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+        url = url_of(gw, dev.device_id, channel)
+        rc, out, err = await ffprobe(url)
+        assert rc == 0, err
+        streams = json.loads(out)["streams"]
+        video = [s for s in streams if s["codec_type"] == "video"]
+        assert video and video[0]["codec_name"] == "h264", streams
+        assert (video[0]["width"], video[0]["height"]) == (320, 240)
+        audio = [s for s in streams if s["codec_type"] == "audio"]
+        assert audio and audio[0]["codec_name"] == "pcm_alaw", streams
+        assert FFMPEG is not None
+        rc, out, err = await run(FFMPEG, "-nostdin", "-rtsp_transport", "tcp", "-i", url, "-frames:v", "25",
+                                 "-f", "null", "-")
+        assert rc == 0, err
+        assert "frame=   25" in err or "frame=25" in err.replace(" ", ""), err[-2000:]
+        # The bare channel form works too.
+        rc, out, err = await ffprobe(f"rtsp://127.0.0.1:{gw.rtsp.port}/{channel}")
+        assert rc == 0, err
 
 
 @needs_ffmpeg
 async def test_unknown_channel_fails_in_ffprobe(tmp_path: Path) -> None:
-    async with running_gateway(config(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            rc, out, err = await ffprobe(url_of(gw, sim.devices[0].device_id, "34020000001310000099"))
-            assert rc != 0
-            assert "404" in err, err
-        finally:
-            await sim.stop()
+    async with simulated(config(tmp_path)) as (gw, sim):
+        rc, out, err = await ffprobe(url_of(gw, sim.devices[0].device_id, "34020000001310000099"))
+        assert rc != 0
+        assert "404" in err, err
 
 
 @needs_ffmpeg
 async def test_two_viewers_share_one_invite_then_linger_and_bye(tmp_path: Path) -> None:
-    async with running_gateway(config(tmp_path, linger=0.5)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
-            url = url_of(gw, dev.device_id, channel)
-            results = await asyncio.gather(ffprobe(url), ffprobe(url))
-            for rc, out, err in results:
-                assert rc == 0, err
-                assert json.loads(out)["streams"][0]["codec_name"] == "h264"
-            media = sim.device(channel).media  # type: ignore[union-attr]
-            assert len(media.history) == 1  # one INVITE for both viewers
-            # Both left: the stream lingers, then the device sees BYE.
-            await wait_until(lambda: not gw.rtsp.connections, timeout=5)
-            await wait_until(lambda: not media.sessions, timeout=5)
-            await wait_until(lambda: gw.streams.sessions == {}, timeout=5)
-        finally:
-            await sim.stop()
+    async with simulated(config(tmp_path, linger=0.5)) as (gw, sim):
+        dev = sim.devices[0]
+        channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+        url = url_of(gw, dev.device_id, channel)
+        results = await asyncio.gather(ffprobe(url), ffprobe(url))
+        for rc, out, err in results:
+            assert rc == 0, err
+            assert json.loads(out)["streams"][0]["codec_name"] == "h264"
+        media = sim.device(channel).media  # type: ignore[union-attr]
+        assert len(media.history) == 1  # one INVITE for both viewers
+        # Both left: the stream lingers, then the device sees BYE.
+        await wait_until(lambda: not gw.rtsp.connections, timeout=5)
+        await wait_until(lambda: not media.sessions, timeout=5)
+        await wait_until(lambda: gw.streams.sessions == {}, timeout=5)
 
 
 async def test_session_timeout_leaves_the_stream(tmp_path: Path) -> None:
@@ -143,23 +132,19 @@ async def test_session_timeout_leaves_the_stream(tmp_path: Path) -> None:
     from gateway.config import RtspConfig
 
     cfg = replace(config(tmp_path, linger=0.3), rtsp=RtspConfig(port=0, session_timeout=0.5))
-    async with running_gateway(cfg) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.rtsp.port)
-            writer.write(f"DESCRIBE {url_of(gw, dev.device_id, channel)} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            assert head.startswith(b"RTSP/1.0 200 ") and b"CSeq: 1\r\n" in head
-            assert b"Content-Base: " in head
-            assert len(gw.streams.sessions) == 1
-            # Silent client: the connection is closed and the stream left, then BYE after linger.
-            await wait_until(lambda: not gw.rtsp.connections, timeout=5)
-            await wait_until(lambda: gw.streams.sessions == {}, timeout=5)
-            writer.close()
-        finally:
-            await sim.stop()
+    async with simulated(cfg) as (gw, sim):
+        dev = sim.devices[0]
+        channel = next(iter(gw.devices.get(dev.device_id).channels))  # type: ignore[union-attr]
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.rtsp.port)
+        writer.write(f"DESCRIBE {url_of(gw, dev.device_id, channel)} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"RTSP/1.0 200 ") and b"CSeq: 1\r\n" in head
+        assert b"Content-Base: " in head
+        assert len(gw.streams.sessions) == 1
+        # Silent client: the connection is closed and the stream left, then BYE after linger.
+        await wait_until(lambda: not gw.rtsp.connections, timeout=5)
+        await wait_until(lambda: gw.streams.sessions == {}, timeout=5)
+        writer.close()
 
 
 def rtsp_config(tmp_path: Path, linger: float = 0.5, **rtsp: object):  # type: ignore[no-untyped-def]

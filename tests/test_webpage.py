@@ -17,6 +17,7 @@ import aiohttp
 import av
 import pytest
 from gw_util import running_gateway
+from site_util import simulated
 from test_streams import config, started, wait_until
 
 import gateway
@@ -119,53 +120,49 @@ async def assert_fits(page: Any, width: int) -> None:
 
 
 async def test_browser_token_form_channel_list_and_errors(tmp_path: Path, browser: Any) -> None:
-    async with running_gateway(token_config(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            base = f"http://127.0.0.1:{gw.http.port}/"
-            dev_id = sim.devices[0].device_id
-            page, errors = await new_page(browser)
-            await page.goto(base)
-            # 401 from the API: the page asks for the token and says why the list is empty.
-            await page.wait_for_selector("#token-form:not([hidden])")
-            await page.wait_for_selector("#list-status.bad")
-            await page.fill("#token", "not-the-right-token")
-            await page.click("#token-form button[type=submit]")
-            await page.wait_for_selector("#token-msg:not([hidden])")
-            assert "refused" in await page.text_content("#token-msg")
-            await page.fill("#token", TOKEN)
-            await page.click("#token-form button[type=submit]")
-            await page.wait_for_selector(".channel[data-online=true]")
-            assert await page.is_hidden("#token-form")
-            channels = await page.eval_on_selector_all(
-                ".channel", "els => els.map(e => [e.dataset.device, e.dataset.channel, e.dataset.online])")
-            expected = sorted(gw.devices.get(dev_id).channels)  # type: ignore[union-attr]
-            assert channels == [[dev_id, ch, "true"] for ch in expected]
-            assert await page.get_attribute(f".device[data-device-id='{dev_id}'] .dot", "class") == "dot on"
-            assert "1/1 devices, 2/2 channels online" in await page.text_content("#summary")
-            await assert_fits(page, 375)
-            await page.screenshot(path=str(tmp_path / "list-375.png"), full_page=True)
-            # The token stays for the tab: a reload lists at once.
-            await page.reload()
-            await page.wait_for_selector(".channel[data-online=true]")
-            assert await page.is_hidden("#token-form")
-            # A refused stream is shown with the gateway's reason, never silently.
-            await page.evaluate("([d, c]) => window.gbPlayer.play(d, c, 'nowhere')",
-                                [dev_id, "34020000001310999999"])
-            await page.wait_for_selector("#state[data-state=failed]")
-            assert "404" in await page.text_content("#reason")
-            # Forgetting the token asks again.
-            await page.click("#forget")
-            await page.wait_for_selector("#token-form:not([hidden])")
-            assert await page.evaluate("sessionStorage.length") == 0
-            # The token handed over in the URL fragment (never sent to the server) is taken and cleared.
-            page2, errors2 = await new_page(browser)
-            await page2.goto(base + "#token=" + TOKEN)
-            await page2.wait_for_selector(".channel[data-online=true]")
-            assert await page2.evaluate("location.hash") == ""
-            assert errors == [] and errors2 == []
-        finally:
-            await sim.stop()
+    async with simulated(token_config(tmp_path)) as (gw, sim):
+        base = f"http://127.0.0.1:{gw.http.port}/"
+        dev_id = sim.devices[0].device_id
+        page, errors = await new_page(browser)
+        await page.goto(base)
+        # 401 from the API: the page asks for the token and says why the list is empty.
+        await page.wait_for_selector("#token-form:not([hidden])")
+        await page.wait_for_selector("#list-status.bad")
+        await page.fill("#token", "not-the-right-token")
+        await page.click("#token-form button[type=submit]")
+        await page.wait_for_selector("#token-msg:not([hidden])")
+        assert "refused" in await page.text_content("#token-msg")
+        await page.fill("#token", TOKEN)
+        await page.click("#token-form button[type=submit]")
+        await page.wait_for_selector(".channel[data-online=true]")
+        assert await page.is_hidden("#token-form")
+        channels = await page.eval_on_selector_all(
+            ".channel", "els => els.map(e => [e.dataset.device, e.dataset.channel, e.dataset.online])")
+        expected = sorted(gw.devices.get(dev_id).channels)  # type: ignore[union-attr]
+        assert channels == [[dev_id, ch, "true"] for ch in expected]
+        assert await page.get_attribute(f".device[data-device-id='{dev_id}'] .dot", "class") == "dot on"
+        assert "1/1 devices, 2/2 channels online" in await page.text_content("#summary")
+        await assert_fits(page, 375)
+        await page.screenshot(path=str(tmp_path / "list-375.png"), full_page=True)
+        # The token stays for the tab: a reload lists at once.
+        await page.reload()
+        await page.wait_for_selector(".channel[data-online=true]")
+        assert await page.is_hidden("#token-form")
+        # A refused stream is shown with the gateway's reason, never silently.
+        await page.evaluate("([d, c]) => window.gbPlayer.play(d, c, 'nowhere')",
+                            [dev_id, "34020000001310999999"])
+        await page.wait_for_selector("#state[data-state=failed]")
+        assert "404" in await page.text_content("#reason")
+        # Forgetting the token asks again.
+        await page.click("#forget")
+        await page.wait_for_selector("#token-form:not([hidden])")
+        assert await page.evaluate("sessionStorage.length") == 0
+        # The token handed over in the URL fragment (never sent to the server) is taken and cleared.
+        page2, errors2 = await new_page(browser)
+        await page2.goto(base + "#token=" + TOKEN)
+        await page2.wait_for_selector(".channel[data-online=true]")
+        assert await page2.evaluate("location.hash") == ""
+        assert errors == [] and errors2 == []
 
 
 def _has_whep(gw: Any) -> bool:
@@ -280,188 +277,176 @@ async def alarm_rows(page: Any) -> list[dict[str, Any]]:
 
 
 async def test_browser_alarms_live_and_after_a_drop(tmp_path: Path, browser: Any) -> None:
-    async with running_gateway(page_config(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            # One alarm from before the page opened: listed from GET /api/v1/alarms.
-            await dev.raise_alarm(3, 2, "<b>门磁</b> opened")
-            page, errors = await new_page(browser, height=480)  # the alarm panel below the fold
-            await page.goto(f"http://127.0.0.1:{gw.http.port}/#token={TOKEN}")
-            await page.wait_for_selector("#alarm-status[data-state=live]", timeout=15000)
-            await wait_until(lambda: gw.alarms.subscribers == 1, 10)
-            rows = await alarm_rows(page)
-            assert len(rows) == 1 and rows[0]["desc"] == "<b>门磁</b> opened", rows  # text, never HTML
-            assert rows[0]["prio"] == "P3" and rows[0]["method"] == "device" and "prio-3" in rows[0]["cls"]
-            assert await page.locator("#alarm-list b").count() == 0
-            # Live: a priority 1 video alarm appears within seconds, on top, highlighted.
-            await dev.raise_alarm(1, 5, "周界入侵", alarm_type=2)
-            await page.wait_for_selector("#alarm-list .alarm.prio-1.new", timeout=10000)
-            rows = await alarm_rows(page)
-            assert [r["desc"] for r in rows] == ["周界入侵", "<b>门磁</b> opened"]
-            assert rows[0]["prio"] == "P1" and rows[0]["method"] == "video"
-            assert rows[0]["src"] == f"{dev.device_id}/{dev.channel_ids[0]}"
-            assert await page.eval_on_selector(
-                "#alarm-list .alarm.prio-1 .prio", "e => getComputedStyle(e).backgroundColor") == "rgb(207, 34, 46)"
-            # The panel is below the fold on a phone: the header counts the alarm not seen yet.
-            assert await page.text_content("#alarm-unseen") == "1"
-            assert await page.is_visible("#alarm-unseen")
-            # The link is cut and stays down (offline) while two alarms are raised: after it comes back the page
-            # reconnects with Last-Event-ID and the gateway replays both, each once.
-            await page.context.set_offline(True)
-            await page.evaluate("window.gbAlarms.drop()")  # the gateway notices at its next write
-            await page.wait_for_selector("#alarm-status[data-state=reconnecting]")
-            connects = await page.evaluate("window.gbAlarms.connects")
-            await dev.raise_alarm(2, 6, "硬盘故障 disk fault")
-            await dev.raise_alarm(1, 1, "phone alarm")
-            await asyncio.sleep(2.5)  # a reconnect attempt fails meanwhile
-            assert len(await alarm_rows(page)) == 2
-            await page.context.set_offline(False)
-            await page.locator("#alarm-list .alarm").nth(3).wait_for(timeout=20000)
-            await page.wait_for_selector("#alarm-status[data-state=live]", timeout=10000)
-            assert await page.evaluate("window.gbAlarms.connects") > connects
-            rows = await alarm_rows(page)
-            ids = [r["id"] for r in rows]
-            assert len(ids) == len(set(ids)) == 4 and ids == sorted(ids, reverse=True), rows
-            assert [r["desc"] for r in rows] == ["phone alarm", "硬盘故障 disk fault", "周界入侵", "<b>门磁</b> opened"]
-            assert [r["method"] for r in rows] == ["phone", "fault", "video", "device"]
-            assert await page.evaluate("window.gbAlarms.lastId") == ids[0]
-            # Still live after the reconnect, and nothing twice.
-            await dev.raise_alarm(4, 7, "after the reconnect")
-            await page.locator("#alarm-list .alarm").nth(4).wait_for(timeout=10000)
-            await asyncio.sleep(0.5)
-            rows = await alarm_rows(page)
-            assert [r["desc"] for r in rows][0] == "after the reconnect" and len(rows) == 5
-            assert await page.text_content("#alarm-unseen") == "4"
-            # Going to the panel marks them seen.
-            await page.click("#alarms-link")
-            await page.wait_for_selector("#alarm-unseen", state="hidden")
-            await assert_fits(page, 375)
-            assert errors == []
-        finally:
-            await sim.stop()
+    async with simulated(page_config(tmp_path)) as (gw, sim):
+        dev = sim.devices[0]
+        # One alarm from before the page opened: listed from GET /api/v1/alarms.
+        await dev.raise_alarm(3, 2, "<b>门磁</b> opened")
+        page, errors = await new_page(browser, height=480)  # the alarm panel below the fold
+        await page.goto(f"http://127.0.0.1:{gw.http.port}/#token={TOKEN}")
+        await page.wait_for_selector("#alarm-status[data-state=live]", timeout=15000)
+        await wait_until(lambda: gw.alarms.subscribers == 1, 10)
+        rows = await alarm_rows(page)
+        assert len(rows) == 1 and rows[0]["desc"] == "<b>门磁</b> opened", rows  # text, never HTML
+        assert rows[0]["prio"] == "P3" and rows[0]["method"] == "device" and "prio-3" in rows[0]["cls"]
+        assert await page.locator("#alarm-list b").count() == 0
+        # Live: a priority 1 video alarm appears within seconds, on top, highlighted.
+        await dev.raise_alarm(1, 5, "周界入侵", alarm_type=2)
+        await page.wait_for_selector("#alarm-list .alarm.prio-1.new", timeout=10000)
+        rows = await alarm_rows(page)
+        assert [r["desc"] for r in rows] == ["周界入侵", "<b>门磁</b> opened"]
+        assert rows[0]["prio"] == "P1" and rows[0]["method"] == "video"
+        assert rows[0]["src"] == f"{dev.device_id}/{dev.channel_ids[0]}"
+        assert await page.eval_on_selector(
+            "#alarm-list .alarm.prio-1 .prio", "e => getComputedStyle(e).backgroundColor") == "rgb(207, 34, 46)"
+        # The panel is below the fold on a phone: the header counts the alarm not seen yet.
+        assert await page.text_content("#alarm-unseen") == "1"
+        assert await page.is_visible("#alarm-unseen")
+        # The link is cut and stays down (offline) while two alarms are raised: after it comes back the page
+        # reconnects with Last-Event-ID and the gateway replays both, each once.
+        await page.context.set_offline(True)
+        await page.evaluate("window.gbAlarms.drop()")  # the gateway notices at its next write
+        await page.wait_for_selector("#alarm-status[data-state=reconnecting]")
+        connects = await page.evaluate("window.gbAlarms.connects")
+        await dev.raise_alarm(2, 6, "硬盘故障 disk fault")
+        await dev.raise_alarm(1, 1, "phone alarm")
+        await asyncio.sleep(2.5)  # a reconnect attempt fails meanwhile
+        assert len(await alarm_rows(page)) == 2
+        await page.context.set_offline(False)
+        await page.locator("#alarm-list .alarm").nth(3).wait_for(timeout=20000)
+        await page.wait_for_selector("#alarm-status[data-state=live]", timeout=10000)
+        assert await page.evaluate("window.gbAlarms.connects") > connects
+        rows = await alarm_rows(page)
+        ids = [r["id"] for r in rows]
+        assert len(ids) == len(set(ids)) == 4 and ids == sorted(ids, reverse=True), rows
+        assert [r["desc"] for r in rows] == ["phone alarm", "硬盘故障 disk fault", "周界入侵", "<b>门磁</b> opened"]
+        assert [r["method"] for r in rows] == ["phone", "fault", "video", "device"]
+        assert await page.evaluate("window.gbAlarms.lastId") == ids[0]
+        # Still live after the reconnect, and nothing twice.
+        await dev.raise_alarm(4, 7, "after the reconnect")
+        await page.locator("#alarm-list .alarm").nth(4).wait_for(timeout=10000)
+        await asyncio.sleep(0.5)
+        rows = await alarm_rows(page)
+        assert [r["desc"] for r in rows][0] == "after the reconnect" and len(rows) == 5
+        assert await page.text_content("#alarm-unseen") == "4"
+        # Going to the panel marks them seen.
+        await page.click("#alarms-link")
+        await page.wait_for_selector("#alarm-unseen", state="hidden")
+        await assert_fits(page, 375)
+        assert errors == []
 
 
 async def test_browser_alarm_gap_notice(tmp_path: Path, browser: Any) -> None:
     """More than the replay limit missed: the gateway's ``event: gap`` is shown as a notice, the list reloaded."""
     from gateway import alarms as alarm_mod
 
-    async with running_gateway(page_config(tmp_path)) as gw:
-        sim = await started(gw)
+    async with simulated(page_config(tmp_path)) as (gw, sim):
+        dev = sim.devices[0]
+        page, errors = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{gw.http.port}/#token={TOKEN}")
+        await page.wait_for_selector("#alarm-status[data-state=live]", timeout=15000)
+        await page.context.set_offline(True)
+        await page.evaluate("window.gbAlarms.drop()")
+        await page.wait_for_selector("#alarm-status[data-state=reconnecting]")
+        limit = alarm_mod.REPLAY_LIMIT
         try:
-            dev = sim.devices[0]
-            page, errors = await new_page(browser)
-            await page.goto(f"http://127.0.0.1:{gw.http.port}/#token={TOKEN}")
-            await page.wait_for_selector("#alarm-status[data-state=live]", timeout=15000)
-            await page.context.set_offline(True)
-            await page.evaluate("window.gbAlarms.drop()")
-            await page.wait_for_selector("#alarm-status[data-state=reconnecting]")
-            limit = alarm_mod.REPLAY_LIMIT
-            try:
-                alarm_mod.REPLAY_LIMIT = 2  # instead of raising over 1000 alarms
-                for n in range(5):
-                    await dev.raise_alarm(2, 2, f"missed {n}")
-                await page.context.set_offline(False)
-                await page.wait_for_selector("#alarm-gap:not([hidden])", timeout=20000)
-            finally:
-                alarm_mod.REPLAY_LIMIT = limit
-            assert await page.text_content("#alarm-gap-text") == "3 alarms not shown (missed while disconnected)."
-            # The list reload brings the newest 50 back: all five, once each.
-            await page.locator("#alarm-list .alarm").nth(4).wait_for(timeout=10000)
-            rows = await alarm_rows(page)
-            assert [r["desc"] for r in rows] == [f"missed {n}" for n in (4, 3, 2, 1, 0)]
-            await page.click("#alarm-gap-close")
-            assert await page.is_hidden("#alarm-gap")
-            assert errors == []
+            alarm_mod.REPLAY_LIMIT = 2  # instead of raising over 1000 alarms
+            for n in range(5):
+                await dev.raise_alarm(2, 2, f"missed {n}")
+            await page.context.set_offline(False)
+            await page.wait_for_selector("#alarm-gap:not([hidden])", timeout=20000)
         finally:
-            await sim.stop()
+            alarm_mod.REPLAY_LIMIT = limit
+        assert await page.text_content("#alarm-gap-text") == "3 alarms not shown (missed while disconnected)."
+        # The list reload brings the newest 50 back: all five, once each.
+        await page.locator("#alarm-list .alarm").nth(4).wait_for(timeout=10000)
+        rows = await alarm_rows(page)
+        assert [r["desc"] for r in rows] == [f"missed {n}" for n in (4, 3, 2, 1, 0)]
+        await page.click("#alarm-gap-close")
+        assert await page.is_hidden("#alarm-gap")
+        assert errors == []
 
 
 async def test_browser_ptz_pad_and_position(tmp_path: Path, browser: Any) -> None:
     from sip.ptz import PtzCommand
 
-    async with running_gateway(page_config(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            dev = sim.devices[0]
-            channel = dev.channel_ids[0]
-            page, errors = await new_page(browser)
-            await page.goto(f"http://127.0.0.1:{gw.http.port}/#token={TOKEN}")
-            button = f".channel[data-device='{dev.device_id}'][data-channel='{channel}']"
-            await page.wait_for_selector(button + "[data-online=true]")
-            assert await page.is_hidden("#ptz")  # nothing chosen yet
-            assert await page.locator(".channel .pos").count() == 0
-            await page.click(button)  # no WHEP here: playback fails, the camera can still be steered
-            await page.wait_for_selector("#ptz:not([hidden])")
-            for label in ("Tilt up", "Tilt down", "Pan left", "Pan right", "Zoom in", "Zoom out", "Go to preset"):
-                assert await page.locator(f"#ptz [aria-label='{label}']").count() == 1, label
-            assert await page.input_value("#ptz-speed") == "128"
-            # Press and hold "right": a move right at the slider's speed; release: a stop.
-            log = dev.control.ptz_log
-            before = len(log)
-            await page.hover("#ptz [aria-label='Pan right']")
-            await page.mouse.down()
-            await wait_until(lambda: len(log) >= before + 1, 10)
-            assert log[before] == PtzCommand.move(1, 0, 0, pan_speed=128, tilt_speed=128).encode()
-            await asyncio.sleep(0.3)
-            assert len(log) == before + 1  # moving while held
-            await page.mouse.up()
-            await wait_until(lambda: len(log) >= before + 2, 10)
-            assert log[before + 1] == PtzCommand.stop().encode() == "A50F0100000000B5"
-            # Slower, up; leaving the button stops too.
-            await page.evaluate("""() => { const s = document.getElementById('ptz-speed');
-                s.value = '64'; s.dispatchEvent(new Event('input', {bubbles: true})); }""")
-            assert await page.text_content("#ptz-speed-value") == "64"
-            await page.hover("#ptz [aria-label='Tilt up']")
-            await page.mouse.down()
-            await wait_until(lambda: len(log) >= before + 3, 10)
-            await page.mouse.move(2, 2)
-            await wait_until(lambda: len(log) >= before + 4, 10)
-            await page.mouse.up()
-            assert log[before + 2:] == [PtzCommand.move(0, 1, 0, pan_speed=64, tilt_speed=64).encode(), "A50F0100000000B5"]
-            # Zoom in: the zoom speed is the slider's, scaled to 0..15.
-            await page.hover("#ptz [aria-label='Zoom in']")
-            await page.mouse.down()
-            await page.mouse.up()
-            await wait_until(lambda: len(log) >= before + 6, 10)
-            assert log[before + 4:] == [PtzCommand.move(zoom=1, pan_speed=64, tilt_speed=64, zoom_speed=4).encode(),
-                                        "A50F0100000000B5"]
-            # Preset 7.
-            await page.fill("#ptz-preset", "7")
-            await page.click("#ptz-preset-go")
-            await wait_until(lambda: len(log) >= before + 7, 10)
-            assert log[-1] == PtzCommand.preset_call(7).encode()
-            await page.wait_for_selector("#ptz-msg:not([hidden])")
-            assert "preset 7" in await page.text_content("#ptz-msg")
-            # Position: the device reports one per channel; the list shows it once refreshed.
-            assert await dev.send_positions() is not None
-            fixes = {p.target_id: p for p in dev.positions_sent}
-            await wait_until(lambda: all(gw.devices.subscriptions.position(dev.device_id, c) is not None
-                                         for c in dev.channel_ids), 10)
-            await page.click("#refresh")
-            await page.wait_for_selector(f"{button} .pos")
-            for c in dev.channel_ids:
-                pos = page.locator(f".channel[data-channel='{c}'] .pos")
-                lat, lon = (float(x) for x in (await pos.text_content()).split(", "))
-                assert abs(lat - fixes[c].latitude) < 6e-6 and abs(lon - fixes[c].longitude) < 6e-6
-                assert fixes[c].time in await pos.get_attribute("title")
-            await assert_fits(page, 375)
-            # A screenshot with alarms and the pad.
-            await dev.raise_alarm(1, 5, "周界入侵", alarm_type=2)
-            await dev.raise_alarm(3, 6, "视频丢失 video lost")
-            await page.locator("#alarm-list .alarm").nth(1).wait_for(timeout=10000)
-            await assert_fits(page, 375)
-            await page.screenshot(path=str(tmp_path / "alarms-ptz-375.png"), full_page=True)
-            # The device gone: its refusal is shown with the gateway's reason.
-            await dev.stop(unregister=True)
-            gw_dev = gw.devices.get(dev.device_id)
-            await wait_until(lambda: gw_dev is not None and not gw_dev.rec.online, 10)
-            await page.hover("#ptz [aria-label='Pan left']")
-            await page.mouse.down()
-            await page.mouse.up()
-            await page.wait_for_selector("#ptz-msg.bad")
-            msg = await page.text_content("#ptz-msg")
-            assert "409" in msg and "offline" in msg, msg
-            assert errors == []
-        finally:
-            await sim.stop()
+    async with simulated(page_config(tmp_path)) as (gw, sim):
+        dev = sim.devices[0]
+        channel = dev.channel_ids[0]
+        page, errors = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{gw.http.port}/#token={TOKEN}")
+        button = f".channel[data-device='{dev.device_id}'][data-channel='{channel}']"
+        await page.wait_for_selector(button + "[data-online=true]")
+        assert await page.is_hidden("#ptz")  # nothing chosen yet
+        assert await page.locator(".channel .pos").count() == 0
+        await page.click(button)  # no WHEP here: playback fails, the camera can still be steered
+        await page.wait_for_selector("#ptz:not([hidden])")
+        for label in ("Tilt up", "Tilt down", "Pan left", "Pan right", "Zoom in", "Zoom out", "Go to preset"):
+            assert await page.locator(f"#ptz [aria-label='{label}']").count() == 1, label
+        assert await page.input_value("#ptz-speed") == "128"
+        # Press and hold "right": a move right at the slider's speed; release: a stop.
+        log = dev.control.ptz_log
+        before = len(log)
+        await page.hover("#ptz [aria-label='Pan right']")
+        await page.mouse.down()
+        await wait_until(lambda: len(log) >= before + 1, 10)
+        assert log[before] == PtzCommand.move(1, 0, 0, pan_speed=128, tilt_speed=128).encode()
+        await asyncio.sleep(0.3)
+        assert len(log) == before + 1  # moving while held
+        await page.mouse.up()
+        await wait_until(lambda: len(log) >= before + 2, 10)
+        assert log[before + 1] == PtzCommand.stop().encode() == "A50F0100000000B5"
+        # Slower, up; leaving the button stops too.
+        await page.evaluate("""() => { const s = document.getElementById('ptz-speed');
+            s.value = '64'; s.dispatchEvent(new Event('input', {bubbles: true})); }""")
+        assert await page.text_content("#ptz-speed-value") == "64"
+        await page.hover("#ptz [aria-label='Tilt up']")
+        await page.mouse.down()
+        await wait_until(lambda: len(log) >= before + 3, 10)
+        await page.mouse.move(2, 2)
+        await wait_until(lambda: len(log) >= before + 4, 10)
+        await page.mouse.up()
+        assert log[before + 2:] == [PtzCommand.move(0, 1, 0, pan_speed=64, tilt_speed=64).encode(), "A50F0100000000B5"]
+        # Zoom in: the zoom speed is the slider's, scaled to 0..15.
+        await page.hover("#ptz [aria-label='Zoom in']")
+        await page.mouse.down()
+        await page.mouse.up()
+        await wait_until(lambda: len(log) >= before + 6, 10)
+        assert log[before + 4:] == [PtzCommand.move(zoom=1, pan_speed=64, tilt_speed=64, zoom_speed=4).encode(),
+                                    "A50F0100000000B5"]
+        # Preset 7.
+        await page.fill("#ptz-preset", "7")
+        await page.click("#ptz-preset-go")
+        await wait_until(lambda: len(log) >= before + 7, 10)
+        assert log[-1] == PtzCommand.preset_call(7).encode()
+        await page.wait_for_selector("#ptz-msg:not([hidden])")
+        assert "preset 7" in await page.text_content("#ptz-msg")
+        # Position: the device reports one per channel; the list shows it once refreshed.
+        assert await dev.send_positions() is not None
+        fixes = {p.target_id: p for p in dev.positions_sent}
+        await wait_until(lambda: all(gw.devices.subscriptions.position(dev.device_id, c) is not None
+                                     for c in dev.channel_ids), 10)
+        await page.click("#refresh")
+        await page.wait_for_selector(f"{button} .pos")
+        for c in dev.channel_ids:
+            pos = page.locator(f".channel[data-channel='{c}'] .pos")
+            lat, lon = (float(x) for x in (await pos.text_content()).split(", "))
+            assert abs(lat - fixes[c].latitude) < 6e-6 and abs(lon - fixes[c].longitude) < 6e-6
+            assert fixes[c].time in await pos.get_attribute("title")
+        await assert_fits(page, 375)
+        # A screenshot with alarms and the pad.
+        await dev.raise_alarm(1, 5, "周界入侵", alarm_type=2)
+        await dev.raise_alarm(3, 6, "视频丢失 video lost")
+        await page.locator("#alarm-list .alarm").nth(1).wait_for(timeout=10000)
+        await assert_fits(page, 375)
+        await page.screenshot(path=str(tmp_path / "alarms-ptz-375.png"), full_page=True)
+        # The device gone: its refusal is shown with the gateway's reason.
+        await dev.stop(unregister=True)
+        gw_dev = gw.devices.get(dev.device_id)
+        await wait_until(lambda: gw_dev is not None and not gw_dev.rec.online, 10)
+        await page.hover("#ptz [aria-label='Pan left']")
+        await page.mouse.down()
+        await page.mouse.up()
+        await page.wait_for_selector("#ptz-msg.bad")
+        msg = await page.text_content("#ptz-msg")
+        assert "409" in msg and "offline" in msg, msg
+        assert errors == []

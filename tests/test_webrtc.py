@@ -17,7 +17,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from gw_util import running_gateway, sample
 from rtsp_util import RawRtspClient
-from test_streams import config, started, wait_until
+from site_util import simulated
+from test_streams import config, wait_until
 
 from gateway import webrtc
 from gateway.app import Gateway
@@ -139,88 +140,76 @@ def whep_endpoint(gw: Gateway) -> webrtc.WhepEndpoint:
 
 
 async def test_h264_passthrough_video_and_g711a_audio(tmp_path: Path) -> None:
-    async with running_gateway(wconfig(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            path = channel_path(gw, sim)
-            async with whep_client(gw.http.port) as client:
-                await client.play(path)
-                assert client.location is not None and client.location.startswith("/whep/session/")
-                # The answer: H.264 video, PCMA audio, host candidates on 127.0.0.1 within the port range.
-                assert "H264/90000" in client.answer and "PCMA/8000" in client.answer
-                cands = candidates(client.answer)
-                assert cands and all(host == "127.0.0.1" and PORT_MIN <= port <= PORT_MAX for host, port in cands)
-                video = await client.frames("video", 30)
-                assert len(video) == 30 and video[0].width == 320 and video[0].height == 240
-                audio = await client.frames("audio", 10)
-                assert audio[0].sample_rate in (8000, 48000)
-                endpoint = whep_endpoint(gw)
-                assert len(endpoint.sessions) == 1 and not endpoint.transcoders
-                assert sample("gb28181_viewers", {"protocol": "webrtc"}) == 1
-                # A PLI is answered from the GOP cache: the cached GOP is sent again and decoding goes on.
-                answered = sample("gb28181_webrtc_keyframe_requests_total", {"answer": "cache"})
-                session = next(iter(endpoint.sessions.values()))
-                assert client.pc is not None
-                receiver = next(t.receiver for t in client.pc.getTransceivers() if t.kind == "video")
-                await receiver._send_rtcp_pli(video_ssrc(client.answer))
-                await wait_until(lambda: session.keyframe_answers == 1, 5)
-                assert sample("gb28181_webrtc_keyframe_requests_total", {"answer": "cache"}) == answered + 1
-                assert len(await client.frames("video", 25)) == 25
-                # DELETE ends the session; a second DELETE is 404.
-                assert await client.delete() == 204
-                assert await client.delete() == 404
-                assert not endpoint.sessions
-                assert sample("gb28181_viewers", {"protocol": "webrtc"}) == 0
-            # The camera is BYEd after the linger.
-            media = sim.device(path.split("/")[1]).media  # type: ignore[union-attr]
-            await wait_until(lambda: not media.sessions, 5)
-            await wait_until(lambda: gw.streams.sessions == {}, 5)
-        finally:
-            await sim.stop()
+    async with simulated(wconfig(tmp_path)) as (gw, sim):
+        path = channel_path(gw, sim)
+        async with whep_client(gw.http.port) as client:
+            await client.play(path)
+            assert client.location is not None and client.location.startswith("/whep/session/")
+            # The answer: H.264 video, PCMA audio, host candidates on 127.0.0.1 within the port range.
+            assert "H264/90000" in client.answer and "PCMA/8000" in client.answer
+            cands = candidates(client.answer)
+            assert cands and all(host == "127.0.0.1" and PORT_MIN <= port <= PORT_MAX for host, port in cands)
+            video = await client.frames("video", 30)
+            assert len(video) == 30 and video[0].width == 320 and video[0].height == 240
+            audio = await client.frames("audio", 10)
+            assert audio[0].sample_rate in (8000, 48000)
+            endpoint = whep_endpoint(gw)
+            assert len(endpoint.sessions) == 1 and not endpoint.transcoders
+            assert sample("gb28181_viewers", {"protocol": "webrtc"}) == 1
+            # A PLI is answered from the GOP cache: the cached GOP is sent again and decoding goes on.
+            answered = sample("gb28181_webrtc_keyframe_requests_total", {"answer": "cache"})
+            session = next(iter(endpoint.sessions.values()))
+            assert client.pc is not None
+            receiver = next(t.receiver for t in client.pc.getTransceivers() if t.kind == "video")
+            await receiver._send_rtcp_pli(video_ssrc(client.answer))
+            await wait_until(lambda: session.keyframe_answers == 1, 5)
+            assert sample("gb28181_webrtc_keyframe_requests_total", {"answer": "cache"}) == answered + 1
+            assert len(await client.frames("video", 25)) == 25
+            # DELETE ends the session; a second DELETE is 404.
+            assert await client.delete() == 204
+            assert await client.delete() == 404
+            assert not endpoint.sessions
+            assert sample("gb28181_viewers", {"protocol": "webrtc"}) == 0
+        # The camera is BYEd after the linger.
+        media = sim.device(path.split("/")[1]).media  # type: ignore[union-attr]
+        await wait_until(lambda: not media.sessions, 5)
+        await wait_until(lambda: gw.streams.sessions == {}, 5)
 
 
 async def test_h265_is_transcoded_once_for_all_viewers(tmp_path: Path) -> None:
-    async with running_gateway(wconfig(tmp_path)) as gw:
-        sim = await started(gw, codec="h265")
-        try:
-            channel = channel_path(gw, sim).split("/")[1]
-            endpoint = whep_endpoint(gw)
-            async with whep_client(gw.http.port) as first, whep_client(gw.http.port) as second:
-                await first.play(channel)  # the bare /whep/<channel_id> form
-                assert "H264/90000" in first.answer and "H265" not in first.answer
-                frames = await first.frames("video", 30)
-                assert frames[-1].width == 320 and frames[-1].height == 240
-                assert len(await first.frames("audio", 5)) == 5  # G.711A passes through the transcode
-                await second.play(channel)
-                assert len(await second.frames("video", 25)) == 25
-                assert len(endpoint.transcoders) == 1
-                transcoder = next(iter(endpoint.transcoders.values()))
-                assert transcoder.users == 2 and transcoder.reason == "H.265"
-                assert sample("gb28181_webrtc_transcodes") == 1
-                assert await first.delete() == 204
-                assert len(endpoint.transcoders) == 1  # the second viewer still watches
-                assert len(await second.frames("video", 10)) == 10
-                assert await second.delete() == 204
-                assert not endpoint.transcoders and sample("gb28181_webrtc_transcodes") == 0
-                await asyncio.to_thread(transcoder.thread.join, 5)
-                assert not transcoder.thread.is_alive()
-        finally:
-            await sim.stop()
+    async with simulated(wconfig(tmp_path), codec="h265") as (gw, sim):
+        channel = channel_path(gw, sim).split("/")[1]
+        endpoint = whep_endpoint(gw)
+        async with whep_client(gw.http.port) as first, whep_client(gw.http.port) as second:
+            await first.play(channel)  # the bare /whep/<channel_id> form
+            assert "H264/90000" in first.answer and "H265" not in first.answer
+            frames = await first.frames("video", 30)
+            assert frames[-1].width == 320 and frames[-1].height == 240
+            assert len(await first.frames("audio", 5)) == 5  # G.711A passes through the transcode
+            await second.play(channel)
+            assert len(await second.frames("video", 25)) == 25
+            assert len(endpoint.transcoders) == 1
+            transcoder = next(iter(endpoint.transcoders.values()))
+            assert transcoder.users == 2 and transcoder.reason == "H.265"
+            assert sample("gb28181_webrtc_transcodes") == 1
+            assert await first.delete() == 204
+            assert len(endpoint.transcoders) == 1  # the second viewer still watches
+            assert len(await second.frames("video", 10)) == 10
+            assert await second.delete() == 204
+            assert not endpoint.transcoders and sample("gb28181_webrtc_transcodes") == 0
+            await asyncio.to_thread(transcoder.thread.join, 5)
+            assert not transcoder.thread.is_alive()
 
 
 async def test_default_ice_addresses_are_discovered(tmp_path: Path) -> None:
     """``ice_addresses = []``: this host's addresses (127.0.0.1 only without another), ports from the range."""
-    async with running_gateway(wconfig(tmp_path, ice_addresses=[])) as gw:
-        sim = await started(gw)
-        try:
-            async with whep_client(gw.http.port) as client:
-                await client.play(channel_path(gw, sim), audio=False)
-                cands = candidates(client.answer)
-                assert cands and all(PORT_MIN <= port <= PORT_MAX for _, port in cands)
-                assert "m=audio" not in client.answer
-                assert len(await client.frames("video", 5)) == 5
-        finally:
-            await sim.stop()
+    async with simulated(wconfig(tmp_path, ice_addresses=[])) as (gw, sim):
+        async with whep_client(gw.http.port) as client:
+            await client.play(channel_path(gw, sim), audio=False)
+            cands = candidates(client.answer)
+            assert cands and all(PORT_MIN <= port <= PORT_MAX for _, port in cands)
+            assert "m=audio" not in client.answer
+            assert len(await client.frames("video", 5)) == 5
 
 
 async def test_bad_offers_are_400_and_other_refusals(tmp_path: Path) -> None:
@@ -262,62 +251,50 @@ async def test_bad_offers_are_400_and_other_refusals(tmp_path: Path) -> None:
 
 
 async def test_offer_refused_by_aiortc_releases_the_stream(tmp_path: Path) -> None:
-    async with running_gateway(wconfig(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            path = channel_path(gw, sim)
-            async with whep_client(gw.http.port) as client:
-                # H.264 High profile only: aiortc sends Constrained Baseline (and Baseline) only.
-                offer = re.sub(r"profile-level-id=42[0-9a-f]{4}", "profile-level-id=640c1f", await client.offer())
-                status, data, _ = await client.post(f"/whep/{path}", offer)
-                assert status == 400 and "offer refused" in data["error"]["reason"]
-            assert not whep_endpoint(gw).sessions
-            media = sim.device(path.split("/")[1]).media
-            await wait_until(lambda: not media.sessions and gw.streams.sessions == {}, 5)
-        finally:
-            await sim.stop()
+    async with simulated(wconfig(tmp_path)) as (gw, sim):
+        path = channel_path(gw, sim)
+        async with whep_client(gw.http.port) as client:
+            # H.264 High profile only: aiortc sends Constrained Baseline (and Baseline) only.
+            offer = re.sub(r"profile-level-id=42[0-9a-f]{4}", "profile-level-id=640c1f", await client.offer())
+            status, data, _ = await client.post(f"/whep/{path}", offer)
+            assert status == 400 and "offer refused" in data["error"]["reason"]
+        assert not whep_endpoint(gw).sessions
+        media = sim.device(path.split("/")[1]).media
+        await wait_until(lambda: not media.sessions and gw.streams.sessions == {}, 5)
 
 
 async def test_rtsp_and_webrtc_viewers_hold_the_stream_together(tmp_path: Path) -> None:
-    async with running_gateway(wconfig(tmp_path)) as gw:
-        sim = await started(gw)
+    async with simulated(wconfig(tmp_path)) as (gw, sim):
+        path = channel_path(gw, sim)
+        media = sim.device(path.split("/")[1]).media
+        rtsp = await RawRtspClient.connect(gw.rtsp.port, path)
         try:
-            path = channel_path(gw, sim)
-            media = sim.device(path.split("/")[1]).media
-            rtsp = await RawRtspClient.connect(gw.rtsp.port, path)
-            try:
-                assert (await rtsp.request("DESCRIBE", headers=[("Accept", "application/sdp")])).status == 200
-                async with whep_client(gw.http.port) as client:
-                    await client.play(path)
-                    assert len(await client.frames("video", 5)) == 5
-                    (session,) = gw.streams.sessions.values()
-                    assert session.consumers == 2 and len(media.sessions) == 1
-                    assert await client.delete() == 204
-                await asyncio.sleep(1.0)  # twice the linger: the RTSP viewer still holds the stream
-                assert session.consumers == 1 and len(media.sessions) == 1
-            finally:
-                rtsp.close()
-            await wait_until(lambda: not media.sessions, 5)  # BYE after the linger
-            await wait_until(lambda: gw.streams.sessions == {}, 5)
+            assert (await rtsp.request("DESCRIBE", headers=[("Accept", "application/sdp")])).status == 200
+            async with whep_client(gw.http.port) as client:
+                await client.play(path)
+                assert len(await client.frames("video", 5)) == 5
+                (session,) = gw.streams.sessions.values()
+                assert session.consumers == 2 and len(media.sessions) == 1
+                assert await client.delete() == 204
+            await asyncio.sleep(1.0)  # twice the linger: the RTSP viewer still holds the stream
+            assert session.consumers == 1 and len(media.sessions) == 1
         finally:
-            await sim.stop()
+            rtsp.close()
+        await wait_until(lambda: not media.sessions, 5)  # BYE after the linger
+        await wait_until(lambda: gw.streams.sessions == {}, 5)
 
 
 async def test_stream_end_ends_the_session(tmp_path: Path) -> None:
-    async with running_gateway(wconfig(tmp_path)) as gw:
-        sim = await started(gw)
-        try:
-            path = channel_path(gw, sim)
-            async with whep_client(gw.http.port) as client:
-                await client.play(path)
-                assert len(await client.frames("video", 3)) == 3
-                ended = sample("gb28181_webrtc_sessions_ended_total", {"reason": "stream_ended"})
-                await sim.device(path.split("/")[1]).media.end_all(send_bye=True)
-                await wait_until(lambda: not whep_endpoint(gw).sessions, 5)
-                assert sample("gb28181_webrtc_sessions_ended_total", {"reason": "stream_ended"}) == ended + 1
-                assert await client.delete() == 404
-        finally:
-            await sim.stop()
+    async with simulated(wconfig(tmp_path)) as (gw, sim):
+        path = channel_path(gw, sim)
+        async with whep_client(gw.http.port) as client:
+            await client.play(path)
+            assert len(await client.frames("video", 3)) == 3
+            ended = sample("gb28181_webrtc_sessions_ended_total", {"reason": "stream_ended"})
+            await sim.device(path.split("/")[1]).media.end_all(send_bye=True)
+            await wait_until(lambda: not whep_endpoint(gw).sessions, 5)
+            assert sample("gb28181_webrtc_sessions_ended_total", {"reason": "stream_ended"}) == ended + 1
+            assert await client.delete() == 404
 
 
 async def test_cors_preflight_and_token(tmp_path: Path) -> None:
@@ -346,43 +323,31 @@ async def test_cors_preflight_and_token(tmp_path: Path) -> None:
 
 
 async def test_max_sessions(tmp_path: Path) -> None:
-    async with running_gateway(wconfig(tmp_path, max_sessions=1)) as gw:
-        sim = await started(gw)
-        try:
-            path = channel_path(gw, sim)
-            async with whep_client(gw.http.port) as first, whep_client(gw.http.port) as second:
-                await first.play(path)
-                status, data, headers = await second.post(f"/whep/{path}", await second.offer())
-                assert status == 503 and "webrtc.max_sessions = 1" in data["error"]["reason"]
-                assert headers["Retry-After"]
-                assert await first.delete() == 204
-                await second.play(path)  # a session was freed
-                assert len(await second.frames("video", 3)) == 3
-        finally:
-            await sim.stop()
+    async with simulated(wconfig(tmp_path, max_sessions=1)) as (gw, sim):
+        path = channel_path(gw, sim)
+        async with whep_client(gw.http.port) as first, whep_client(gw.http.port) as second:
+            await first.play(path)
+            status, data, headers = await second.post(f"/whep/{path}", await second.offer())
+            assert status == 503 and "webrtc.max_sessions = 1" in data["error"]["reason"]
+            assert headers["Retry-After"]
+            assert await first.delete() == 204
+            await second.play(path)  # a session was freed
+            assert len(await second.frames("video", 3)) == 3
 
 
 async def test_max_transcodes(tmp_path: Path) -> None:
-    async with running_gateway(wconfig(tmp_path, max_transcodes=1)) as gw:
-        sim = await started(gw, codec="h265")
-        try:
-            async with whep_client(gw.http.port) as first, whep_client(gw.http.port) as second:
-                await first.play(channel_path(gw, sim, 0))
-                limited = sample("gb28181_webrtc_sessions_total", {"result": "transcode_limit"})
-                status, data, _ = await second.post(f"/whep/{channel_path(gw, sim, 1)}", await second.offer())
-                assert status == 503 and "webrtc.max_transcodes = 1" in data["error"]["reason"]
-                assert sample("gb28181_webrtc_sessions_total", {"result": "transcode_limit"}) == limited + 1
-                assert len(await first.frames("video", 3)) == 3
-        finally:
-            await sim.stop()
-    async with running_gateway(wconfig(tmp_path, max_transcodes=0)) as gw:
-        sim = await started(gw, codec="h265")
-        try:
-            async with whep_client(gw.http.port) as client:
-                status, data, _ = await client.post(f"/whep/{channel_path(gw, sim)}", await client.offer())
-                assert status == 503 and "transcoding is off" in data["error"]["reason"]
-        finally:
-            await sim.stop()
+    async with simulated(wconfig(tmp_path, max_transcodes=1), codec="h265") as (gw, sim):
+        async with whep_client(gw.http.port) as first, whep_client(gw.http.port) as second:
+            await first.play(channel_path(gw, sim, 0))
+            limited = sample("gb28181_webrtc_sessions_total", {"result": "transcode_limit"})
+            status, data, _ = await second.post(f"/whep/{channel_path(gw, sim, 1)}", await second.offer())
+            assert status == 503 and "webrtc.max_transcodes = 1" in data["error"]["reason"]
+            assert sample("gb28181_webrtc_sessions_total", {"result": "transcode_limit"}) == limited + 1
+            assert len(await first.frames("video", 3)) == 3
+    async with simulated(wconfig(tmp_path, max_transcodes=0), codec="h265") as (gw, sim):
+        async with whep_client(gw.http.port) as client:
+            status, data, _ = await client.post(f"/whep/{channel_path(gw, sim)}", await client.offer())
+            assert status == 503 and "transcoding is off" in data["error"]["reason"]
 
 
 # ------------------------------------------------------------------------------------------------- units
