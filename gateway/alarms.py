@@ -57,8 +57,8 @@ from sip.message import build_response
 
 from . import metrics
 from .config import Config
-from .devices import MANSCDP, DeviceRegistry, QueryFailed, TokenBucket
-from .sip_router import SipRouter
+from .devices import DeviceRegistry, QueryFailed, TokenBucket
+from .sip_router import MANSCDP, SipRouter
 from .sip_transport import SipServer, SipTimeout
 from .store import AlarmRecord, Store
 

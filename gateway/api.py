@@ -47,6 +47,7 @@ from .fanout import Subscription
 from .openapi import openapi_document
 from .store import AlarmRecord, ChannelRecord, StoreError
 from .streams import StreamError, StreamKey, StreamSession, parse_substream
+from .subscriptions import PositionRecord
 from .validation import ApiError, error_response
 from .validation import check_id as _check_id
 from .validation import fields as _fields
@@ -216,16 +217,15 @@ class HttpApi:
             "parent_id": ch.parent_id, "status": ch.status, "online": online,
             "intact": online and status not in ("VLOST", "DEFECT") and (ch.device_id, ch.channel_id) not in faults,
             "fields": ch.fields, "updated_at": _iso(ch.updated_at),
-            "position": self._position_json(ch.device_id, ch.channel_id),
+            "position": self._position_json(self.gateway.devices.subscriptions.position(ch.device_id,
+                                                                                        ch.channel_id)),
         }
 
-    def _position_json(self, device_id: str, target_id: str) -> dict[str, Any] | None:
-        found = self.gateway.devices.subscriptions.position(device_id, target_id)
-        if found is None:
+    @staticmethod
+    def _position_json(rec: PositionRecord | None) -> dict[str, Any] | None:
+        if rec is None:
             return None
-        out = found.json()
-        out["received_at"] = _iso(found.received_at)
-        return out
+        return {**rec.json(), "received_at": _iso(rec.received_at)}
 
     @staticmethod
     def _page(request: web.Request, total: int) -> tuple[int, int]:
@@ -438,12 +438,8 @@ class HttpApi:
                  if device_id is None or rec.device_id == device_id]
         found.reverse()  # kept oldest first
         limit, offset = self._page(request, len(found))
-        out = []
-        for rec in found[offset:offset + limit]:
-            item = rec.json()
-            item["received_at"] = _iso(rec.received_at)
-            out.append(item)
-        return web.json_response({"total": len(found), "limit": limit, "offset": offset, "positions": out})
+        return web.json_response({"total": len(found), "limit": limit, "offset": offset,
+                                  "positions": [self._position_json(rec) for rec in found[offset:offset + limit]]})
 
     def _reachable(self, dev: Device) -> None:
         if not dev.rec.online or dev.peer is None:

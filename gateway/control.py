@@ -67,7 +67,8 @@ from sip.manscdp import ManscdpDocument
 from sip.ptz import DEFAULT_SPEED, DEFAULT_ZOOM_SPEED, PtzCommand, PtzError, ScanAction
 
 from . import metrics
-from .devices import MANSCDP, Device, DeviceRegistry, QueryFailed
+from .devices import Device, DeviceRegistry, QueryFailed
+from .sip_router import MANSCDP
 from .sip_transport import SipServer, SipTimeout
 from .validation import ApiError, check_id, fields, json_object
 

@@ -56,7 +56,7 @@ from . import metrics
 from .catalog import CatalogCollector, item_kind
 from .config import Config
 from .netutil import local_ip_toward
-from .sip_router import SipRouter
+from .sip_router import MANSCDP, SipRouter
 from .sip_transport import SipServer, SipTimeout
 from .store import ChannelRecord, DeviceRecord, Store
 from .subscriptions import Event, Subscription, Subscriptions
@@ -64,7 +64,6 @@ from .subscriptions import Event, Subscription, Subscriptions
 log = structlog.get_logger("gateway.devices")
 
 _ID_RE = re.compile(r"[0-9A-Za-z]{1,32}")
-MANSCDP = "Application/MANSCDP+xml"
 MAX_PARTS = 1000
 """Parts of one split ``<Response>`` (``expect_parts``) kept; beyond that they are dropped."""
 _CATALOG_EVENTS = frozenset({"ON", "OFF", "VLOST", "DEFECT", "ADD", "DEL", "UPDATE"})

@@ -22,7 +22,10 @@ from .sip_transport import SipServer
 
 log = structlog.get_logger("gateway.sip")
 
+MANSCDP = "Application/MANSCDP+xml"
+"""The Content-Type we send MANSCDP bodies with (the spelling devices expect)."""
 MANSCDP_TYPE = "application/manscdp+xml"
+"""``MANSCDP`` as ``SipMessage.content_type`` gives it (lower case), for comparing what arrives."""
 ALLOW = "REGISTER, MESSAGE, INVITE, ACK, BYE, CANCEL, INFO, SUBSCRIBE, NOTIFY, OPTIONS"
 
 MethodHandler = Callable[[SipServer, RequestReceived], None]

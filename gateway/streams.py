@@ -53,7 +53,7 @@ from .ingest import (
 )
 from .netutil import local_ip_toward
 from .ports import PortPool, SsrcAllocator
-from .sip_router import SipRouter
+from .sip_router import MANSCDP, SipRouter
 from .sip_transport import SipServer, SipTimeout
 
 log = structlog.get_logger("gateway.streams")
@@ -357,7 +357,7 @@ class StreamSession:
         body = manscdp.encode("Control", "DeviceControl", mgr.registry.next_sn(), self.key.channel_id,
                               [("IFameCmd", "Send")], encoding=self.device.rec.charset or "GB2312")
         try:
-            request = mgr.registry.device_request(self.device, "MESSAGE", body, "Application/MANSCDP+xml")
+            request = mgr.registry.device_request(self.device, "MESSAGE", body, MANSCDP)
             assert self.device.peer is not None
             response = await mgr.server.request(request, self.device.peer)
             log.info("keyframe requested", stream=str(self.key), status=response.status)

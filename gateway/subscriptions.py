@@ -66,7 +66,7 @@ from sip.errors import BadEvent, MalformedMessage, NotFound, RemoteProtocolError
 from sip.message import SipRequest, build_response
 
 from . import metrics
-from .sip_router import MANSCDP_TYPE, ManscdpHandler, SipRouter
+from .sip_router import MANSCDP, MANSCDP_TYPE, ManscdpHandler, SipRouter
 from .sip_transport import SipServer, SipTimeout
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Subscription:
     status: Status = Status.SUBSCRIBING
     task: asyncio.Task[None] | None = None
     dialog: Dialog | None = None
-    call_ids: set[str] = field(default_factory=set)  # of every SUBSCRIBE sent (NOTIFYs carry one of them)
+    call_id: str | None = None  # of the SUBSCRIBE and its in-dialog refreshes (the NOTIFYs carry it)
     sn: int = 0
     granted: int = 0
     expires_at: float = 0.0        # wall clock
@@ -189,7 +189,8 @@ class Subscriptions:
         would otherwise go unsubscribed until their next REGISTER), at most :data:`RESTORE_RATE` devices a
         second, in the background."""
         self._stopping = False
-        devices = (self.registry.get(device_id) for device_id in self.registry.restored_online)
+        restored_ids, self.registry.restored_online = self.registry.restored_online, []  # needed once
+        devices = (self.registry.get(device_id) for device_id in restored_ids)
         restored = [dev for dev in devices if dev is not None and dev.rec.online and dev.registered
                     and dev.peer is not None and not dev.subscriptions and not dev.syncing]
         if restored:
@@ -276,9 +277,11 @@ class Subscriptions:
     def _cancel(self, sub: Subscription) -> None:
         if sub.task is not None and not sub.task.done() and sub.task is not asyncio.current_task():
             sub.task.cancel()
-        for call_id in sub.call_ids:
-            if self._by_call_id.get(call_id) is sub:
-                del self._by_call_id[call_id]
+        self._unindex(sub)
+
+    def _unindex(self, sub: Subscription) -> None:
+        if sub.call_id is not None and self._by_call_id.get(sub.call_id) is sub:
+            del self._by_call_id[sub.call_id]
 
     # ------------------------------------------------------------------------------------------ SUBSCRIBE
     def _body(self, dev: Device, sub: Subscription) -> bytes:
@@ -297,16 +300,13 @@ class Subscriptions:
         headers = [("Event", f"{sub.event.value};id={sub.sn}"), ("Expires", str(expires)),
                    ("Contact", f"<sip:{registry.config.sip.platform_id}@{via.host}:{server.port}>")]
         body = self._body(dev, sub)
-        if dialog is None:  # a new Call-ID: NOTIFYs of the earlier ones no longer concern us
-            for call_id in sub.call_ids:
-                if self._by_call_id.get(call_id) is sub:
-                    del self._by_call_id[call_id]
-            sub.call_ids.clear()
-            request = registry.device_request(dev, "SUBSCRIBE", body, MANSCDP_CT, headers=headers)
+        if dialog is None:  # a new Call-ID: NOTIFYs of the earlier one no longer concern us
+            self._unindex(sub)
+            request = registry.device_request(dev, "SUBSCRIBE", body, MANSCDP, headers=headers)
         else:
             request = dialog.create_request("SUBSCRIBE", via, [*headers, ("User-Agent", "gb28181-gateway")],
-                                            body, MANSCDP_CT)
-        sub.call_ids.add(request.call_id)
+                                            body, MANSCDP)
+        sub.call_id = request.call_id
         self._by_call_id[request.call_id] = sub
         return request
 
@@ -495,6 +495,4 @@ class Subscriptions:
             family.add_metric([event.value, status.value], n)
         yield family
 
-
-MANSCDP_CT = "Application/MANSCDP+xml"
 _LABELS = {e.package: e.value for e in Event}

@@ -77,7 +77,7 @@ from sip.message import NameAddr, SipRequest, SipResponse, SipUri, Via, build_re
 from .. import __version__
 from ..config import SipConfig
 from ..netutil import local_ip_toward
-from ..sip_router import SipRouter
+from ..sip_router import MANSCDP, SipRouter
 from ..sip_transport import SipServer, SipTimeout
 from .catalog import Item, catalog_ids, catalog_items, device_name, split_parts
 from .config import SimConfig, channel_id
@@ -89,7 +89,6 @@ __all__ = ["RegState", "SimConfig", "SimDevice", "Simulator"]
 
 log = structlog.get_logger("gateway.sim")
 
-MANSCDP = "Application/MANSCDP+xml"
 USER_AGENT = f"gb28181-sim/{__version__}"
 CATALOG_WINDOW = 8
 """Catalog parts of one answer in flight at once (sent in order; UDP loss is repaired by SIP retransmission)."""

@@ -65,6 +65,7 @@ from sip.events import (
 from sip.message import SipRequest, SipResponse, build_response
 
 from .. import __version__
+from ..sip_router import MANSCDP
 from ..sip_transport import SipServer
 
 if TYPE_CHECKING:
@@ -80,7 +81,6 @@ ALARM_DESCRIPTION = "视频移动侦测"
 """Description of the scheduled alarms (GB2312 on the wire by default)."""
 POSITIONS_KEPT = 1000
 USER_AGENT = f"gb28181-sim/{__version__}"
-MANSCDP = "Application/MANSCDP+xml"
 
 
 @dataclass(slots=True)
