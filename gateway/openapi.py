@@ -103,7 +103,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                                  "description": "the latest mobile position (MobilePosition subscription)"}}},
                 "Stream": {"type": "object", "properties": {
                     "device_id": {"type": "string"}, "channel_id": {"type": "string"},
-                    "stream": {"type": "string", "enum": ["main", "sub"]},
+                    "stream": {"type": "string", "enum": ["main", "sub", "0", "1"]},
                     "state": {"type": "string", "enum": ["inviting", "waiting_media", "playing", "lingering",
                                                          "stopped", "failed"]},
                     "transport": {"type": "string"}, "consumers": {"type": "integer"},
@@ -113,7 +113,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "error": {"type": ["string", "null"]}}},
                 "StreamStart": {"type": "object", "required": ["channel_id"], "additionalProperties": False,
                                 "properties": {"device_id": {"type": "string"}, "channel_id": {"type": "string"},
-                                               "stream": {"type": "string", "enum": ["main", "sub"]}}},
+                                               "stream": {"type": "string", "enum": ["main", "sub", "0", "1"]}}},
                 "QueryResult": {"type": "object", "properties": {
                     "device_id": {"type": "string"}, "cmd_type": {"type": "string"}, "fields": {"type": "object"}}},
                 "PtzRequest": {"type": "object", "required": ["action"], "additionalProperties": False,
@@ -254,7 +254,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "summary": "Stop a stream (BYE; its viewers are told why)",
                 "parameters": [_DEVICE_ID, _CHANNEL_ID,
                                {"name": "stream", "in": "query", "schema": {"type": "string",
-                                                                           "enum": ["main", "sub"]}}],
+                                                                           "enum": ["main", "sub", "0", "1"]}}],
                 "responses": {"204": {"description": "Stopped"}, **_errors(400, 401, 404)}}},
             "/api/v1/positions": {"get": {
                 "summary": "The latest mobile position of every target that reported one, newest first (kept in "
@@ -351,7 +351,7 @@ _SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {
 
 def _whep(parameters: list[dict[str, Any]]) -> dict[str, Any]:
     """A WHEP endpoint (draft-ietf-wish-whep): POST an SDP offer, get the answer (``gateway.webrtc``)."""
-    stream = {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["main", "sub"]}}
+    stream = {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["main", "sub", "0", "1"]}}
     return {
         "post": {
             "summary": "Watch a channel over WebRTC: an SDP offer in, the SDP answer out (Location: the session)",
